@@ -1,0 +1,48 @@
+# Every target creates .venv first when it is missing (or when pyproject.toml changed).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Model and recipe for `make train` / `make export`, e.g. `make train MODEL=net_res RECIPE=book`.
+MODEL ?= net
+RECIPE ?= book
+
+.PHONY: venv test serve models train export bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --progress-bar off -e ".[dev]"
+	touch $@
+
+venv: $(STAMP)
+
+test: venv
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+train: venv
+	$(PY) -m models.train --model $(MODEL) --recipe $(RECIPE)
+
+export: venv
+	$(PY) -m export runs/$(MODEL).pt --register
+
+# The two served models, trained, exported and registered once: the convnet with the fast
+# recipe and the dense baseline with the book's. Skipped when the store already has them.
+models: venv
+	@for spec in net:fast dense:book; do \
+	  name=$${spec%%:*}; recipe=$${spec##*:}; \
+	  if $(VENV)/bin/bentoml models get cifar2-$$name:latest >/dev/null 2>&1; then \
+	    echo "cifar2-$$name:latest is registered"; continue; fi; \
+	  test -f runs/$$name.pt || $(PY) -m models.train --model $$name --recipe $$recipe || exit $$?; \
+	  $(PY) -m export runs/$$name.pt --register || exit $$?; \
+	done
+
+serve: models
+	$(VENV)/bin/bentoml serve
+
+clean:
+	rm -rf $(VENV) runs artifacts data

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny synthetic CIFAR-2 image folders and untrained checkpoints.
+
+Tests never touch the network. The real images are used only when ``CIFAR2_DATA`` points at
+an ImageFolder tree (``.ci/run`` sets it when the machine has one); otherwise those tests skip.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models.checkpoint import CLASSES, make_checkpoint, save_checkpoint
+from models.nets import build, model_args
+
+# The registry's defaults, except where a default is too slow for a CPU test: 100 ResBlocks
+# become 2 (the structure is the same; the checkpoint records the args it was built with).
+TEST_MODEL_ARGS = {"net_resdeep": {"n_blocks": 2}}
+
+
+def synthetic_image(label: int, rng: np.random.Generator, size: int = 32) -> Image.Image:
+    """A 'sky' (airplane, 0) or 'foliage' (bird, 1) picture: learnable, yet noisy."""
+    base = np.array([120, 160, 220] if label == 0 else [90, 120, 60], dtype=np.float32)
+    pixels = base + rng.normal(0, 40, size=(size, size, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def write_image_folder(root: Path, per_class: dict[str, int], seed: int = 0) -> Path:
+    """An ImageFolder tree: root/{split}/{airplane,bird}/NNNN.png."""
+    rng = np.random.default_rng(seed)
+    for split, n in per_class.items():
+        for label, cls in enumerate(CLASSES):
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                synthetic_image(label, rng).save(d / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """64 train and 16 test images per class, synthetic."""
+    return write_image_folder(tmp_path_factory.mktemp("cifar2"), {"train": 64, "test": 16})
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    path = os.environ.get("CIFAR2_DATA")
+    if not path or not Path(path).is_dir():
+        pytest.skip("CIFAR2_DATA is not set to the real CIFAR-2 ImageFolder tree")
+    return Path(path)
+
+
+def untrained_checkpoint(name: str, path: Path, seed: int = 0) -> Path:
+    """A checkpoint of a randomly initialised model, with BatchNorm statistics that are not the
+    defaults, so that an export that forgets eval mode disagrees with the reference."""
+    torch.manual_seed(seed)
+    args = model_args(name, **TEST_MODEL_ARGS.get(name, {}))
+    model = build(name, **args)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 3, 32, 32) * 1.5 + 0.3)
+    model.eval()
+    ckpt = make_checkpoint(name, args, model, metrics={"val_acc": 0.5, "train_acc": 0.5},
+                           recipe={"name": "untrained"}, data_fingerprint="synthetic")
+    return save_checkpoint(ckpt, path)
