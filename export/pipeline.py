@@ -1,0 +1,135 @@
+"""Checkpoint -> artifact folder: the serving graph in three formats, checked by the parity gate.
+
+``export_checkpoint`` is what ``python -m export`` runs; the tests and the benchmark call it too.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from export import card, formats
+from export.graph import serving_graph
+from export.inputs import parity_batches
+from export.parity import FP16_TOLERANCES, TOLERANCES, check_format, pack_reference
+from export.runtime import CUDA, RuntimeUnavailable, open_session, run_session
+from models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, sha256_of
+
+FP16_FILE = "model.fp16.onnx"
+
+
+def load_model(ckpt_path: Path):
+    """The checkpoint (weights_only) and its eval-mode model. Raises CheckpointError, or
+    UnknownModelError for a model name the zoo does not have."""
+    ckpt = load_checkpoint(ckpt_path)
+    try:
+        model = model_from_checkpoint(ckpt)
+    except (RuntimeError, TypeError) as e:  # state_dict or constructor args do not fit the model
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(f"{ckpt_path}: weights do not fit model {ckpt['model']!r} "
+                              f"({first})") from None
+    return ckpt, model
+
+
+def eager(graph: torch.nn.Module, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: eager PyTorch, float32, CPU, on the same uint8 images."""
+    with torch.inference_mode():
+        logits, probs = graph(torch.from_numpy(images))
+    return logits.numpy(), probs.numpy()
+
+
+def _fp16_check(model, ckpt, out_dir: Path, batches, references) -> dict:
+    """On a GPU only: an fp16 ONNX variant on ONNX Runtime CUDA, judged by decisions and
+    probabilities on the real test images (the random batches when there is no data)."""
+    graph16 = serving_graph(model, ckpt, dtype=torch.float16)
+    formats.write_onnx(graph16, out_dir / FP16_FILE, formats.export_program(graph16))
+    sess, provider = open_session(out_dir / FP16_FILE, device="cuda")
+    real = [i for i, b in enumerate(batches) if b.name == "test"] or range(len(batches))
+    result = check_format("onnxruntime_cuda_fp16", lambda x: run_session(sess, x),
+                          [batches[i] for i in real], [references[i] for i in real], fp16=True)
+    return {**result, "provider": provider}
+
+
+def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path | None = None,
+                      data_dir: str | Path | None = None,
+                      progress: bool = True) -> tuple[Path, dict]:
+    """Export, check and describe one checkpoint into ``out_dir`` (default
+    ``artifacts/<model>``); return the folder and parity.json's content.
+
+    parity.json and model.json are written whether or not the gate passes, so a failure can be
+    inspected; ``register`` refuses anything whose parity.json does not say ``passed``.
+    """
+    ckpt_path = Path(ckpt_path)
+    ckpt, model = load_model(ckpt_path)
+    out_dir = Path(out_dir) if out_dir is not None else Path("artifacts") / ckpt["model"]
+    graph = serving_graph(model, ckpt)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # A stale passing parity.json next to new files would let a failed export be registered.
+    (out_dir / card.PARITY).unlink(missing_ok=True)
+    (out_dir / FP16_FILE).unlink(missing_ok=True)
+
+    seconds = {}
+    steps = tqdm(total=4, desc=f"export {ckpt['model']}", unit="step", disable=not progress,
+                 leave=False)
+    t = time.perf_counter()
+    program = formats.export_program(graph)
+    formats.write_pt2(program, out_dir / formats.FILES["torch_export"])
+    seconds["torch_export"] = time.perf_counter() - t
+    steps.update()
+    t = time.perf_counter()
+    formats.write_onnx(graph, out_dir / formats.FILES["onnx"], program)
+    seconds["onnx"] = time.perf_counter() - t
+    steps.update()
+    t = time.perf_counter()
+    formats.write_torchscript(graph, out_dir / formats.FILES["torchscript"])
+    seconds["torchscript"] = time.perf_counter() - t
+    steps.update()
+
+    t = time.perf_counter()
+    batches, inputs = parity_batches(data_dir)
+    references = [eager(graph, b.images) for b in batches]
+    runners, runtime = formats.load_runners(out_dir)
+    results = {}
+    for fmt, run in runners.items():
+        results[fmt] = check_format(fmt, run, batches, references)
+        if fmt in runtime["providers"]:
+            results[fmt]["provider"] = runtime["providers"][fmt]
+    if runtime["providers"].get("onnxruntime_cuda") == CUDA:
+        torch.backends.cuda.matmul.allow_tf32 = False  # no TF32 anywhere near a GPU reference
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            results["onnxruntime_cuda_fp16"] = _fp16_check(model, ckpt, out_dir, batches,
+                                                           references)
+        except RuntimeUnavailable as e:
+            runtime["skipped"]["onnxruntime_cuda_fp16"] = str(e)
+    else:
+        runtime["skipped"]["onnxruntime_cuda_fp16"] = "needs ONNX Runtime on CUDA"
+    seconds["parity"] = time.perf_counter() - t
+    steps.update()
+    steps.close()
+
+    n_random = sum(1 for b in batches if b.name == "random")
+    parity = {
+        "passed": all(r["passed"] for r in results.values()),
+        "model": ckpt["model"],
+        "formats": results,
+        "skipped": runtime["skipped"],
+        "tolerances": {"fp32": TOLERANCES, "fp16": FP16_TOLERANCES},
+        "reference": {"runtime": "eager PyTorch float32 CPU", "torch": str(torch.__version__),
+                      "random": pack_reference(references[:n_random])},
+        "inputs": inputs,
+        "export_seconds": {k: round(v, 3) for k, v in seconds.items()},
+    }
+    failures = [r["failure"] for r in results.values() if not r["passed"]]
+    if failures:
+        parity["failures"] = failures
+    card.write_json(out_dir / card.PARITY, parity)
+    files = [formats.FILES[f] for f in ("onnx", "torchscript", "torch_export")]
+    files += [FP16_FILE] if (out_dir / FP16_FILE).exists() else []
+    card.write_json(out_dir / card.CARD, card.model_card(
+        ckpt, sha256_of(ckpt_path), out_dir, files + [card.PARITY]))
+    return out_dir, parity
