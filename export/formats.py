@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -23,6 +23,7 @@ OPSET = 18
 MAX_BATCH = 4096  # the batch sizes the graph is checked for; the dimension itself is unbounded
 
 FILES = {"onnx": "model.onnx", "torchscript": "model.ts", "torch_export": "model.pt2"}
+FP16_FILE = "model.fp16.onnx"  # written and checked only where ONNX Runtime runs on CUDA
 
 
 class ArtifactError(ValueError):

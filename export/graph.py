@@ -7,7 +7,7 @@ self-contained and the parity check covers the preprocessing as well as the mode
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("logits", "probs")

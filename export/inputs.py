@@ -29,8 +29,7 @@ def real_test_batch(data_dir: str | Path | None) -> tuple[Batch | None, dict]:
     root = resolve_data_dir(data_dir)
     if root is None:
         return None, {"used": False, "why": "no --data-dir and CIFAR2_DATA is not set"}
-    images, labels = load_split(root, "test")
-    images = images.numpy()
+    images = load_split(root, "test")[0].numpy()
     return Batch("test", images), {"used": True, "images": len(images),
                                    "sha256": images_sha256([Batch("test", images)])}
 

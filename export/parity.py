@@ -7,8 +7,9 @@ The CLI, verify, the tests and the benchmark all call ``compare`` (one batch) an
 from __future__ import annotations
 
 import base64
+import itertools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -94,7 +95,8 @@ def check_format(fmt: str, run: Runner, batches: list[Batch], references: list[O
     for batch, ref in zip(batches, references):
         try:
             stats = compare(ref, run(batch.images), fp16=fp16)
-        except Exception as e:  # a runtime that rejects a batch size fails parity at that size
+        # Any runtime error (ORT has its own exception types) fails parity at that batch size.
+        except Exception as e:  # noqa: BLE001
             reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
             stats = {"passed": False, "n": len(batch.images), "reason": reason,
                      "_failures": {"run": reason}}
@@ -124,8 +126,8 @@ def check_format(fmt: str, run: Runner, batches: list[Batch], references: list[O
         "max_abs": float(abs_d.max()), "p99_abs": float(np.percentile(abs_d, 99)),
         "max_rel": float(rel_d.max()), "p99_rel": float(np.percentile(rel_d, 99)),
         "argmax_agreement": agreement,
-        "max_abs_probs": max((b.get("max_abs_probs", np.inf) for b in per_batch.values())),
-        "max_probs_sum_err": max((b.get("max_probs_sum_err", np.inf) for b in per_batch.values())),
+        "max_abs_probs": max(b.get("max_abs_probs", np.inf) for b in per_batch.values()),
+        "max_probs_sum_err": max(b.get("max_probs_sum_err", np.inf) for b in per_batch.values()),
         "images": total,
         "batches": per_batch,
     }
@@ -136,8 +138,9 @@ def check_format(fmt: str, run: Runner, batches: list[Batch], references: list[O
 
 def summary_lines(parity: dict) -> list[str]:
     """A fixed-column table of a parity.json for the terminal."""
-    lines = [f"{'format':<18}{'provider':<22}{'max|Δ|':>10}{'p99|Δ|':>10}{'max rel':>10}"
-             f"{'argmax':>9}  result"]
+    header = (f"{'format':<18}{'provider':<22}{'max|Δ|':>10}{'p99|Δ|':>10}{'max rel':>10}"
+              f"{'argmax':>9}  result")
+    lines = [header]
     for fmt, r in parity["formats"].items():
         lines.append(f"{fmt:<18}{r.get('provider', '-'):<22}{r['max_abs']:>10.2e}"
                      f"{r['p99_abs']:>10.2e}{r['max_rel']:>10.2e}{r['argmax_agreement']:>9.2%}  "
@@ -165,4 +168,4 @@ def unpack_reference(packed: dict, batches: list[Batch]) -> list[Outputs]:
     sizes = np.cumsum([0] + [len(b.images) for b in batches])
     if sizes[-1] != len(logits):
         raise ValueError(f"reference holds {len(logits)} rows, the batches {sizes[-1]}")
-    return [(logits[a:b], softmax(logits[a:b])) for a, b in zip(sizes[:-1], sizes[1:])]
+    return [(logits[a:b], softmax(logits[a:b])) for a, b in itertools.pairwise(sizes)]

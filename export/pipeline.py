@@ -19,8 +19,6 @@ from export.parity import FP16_TOLERANCES, TOLERANCES, check_format, pack_refere
 from export.runtime import CUDA, RuntimeUnavailable, open_session, run_session
 from models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, sha256_of
 
-FP16_FILE = "model.fp16.onnx"
-
 
 def load_model(ckpt_path: Path):
     """The checkpoint (weights_only) and its eval-mode model. Raises CheckpointError, or
@@ -46,8 +44,8 @@ def _fp16_check(model, ckpt, out_dir: Path, batches, references) -> dict:
     """On a GPU only: an fp16 ONNX variant on ONNX Runtime CUDA, judged by decisions and
     probabilities on the real test images (the random batches when there is no data)."""
     graph16 = serving_graph(model, ckpt, dtype=torch.float16)
-    formats.write_onnx(graph16, out_dir / FP16_FILE, formats.export_program(graph16))
-    sess, provider = open_session(out_dir / FP16_FILE, device="cuda")
+    formats.write_onnx(graph16, out_dir / formats.FP16_FILE, formats.export_program(graph16))
+    sess, provider = open_session(out_dir / formats.FP16_FILE, device="cuda")
     real = [i for i, b in enumerate(batches) if b.name == "test"] or range(len(batches))
     result = check_format("onnxruntime_cuda_fp16", lambda x: run_session(sess, x),
                           [batches[i] for i in real], [references[i] for i in real], fp16=True)
@@ -70,7 +68,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     # A stale passing parity.json next to new files would let a failed export be registered.
     (out_dir / card.PARITY).unlink(missing_ok=True)
-    (out_dir / FP16_FILE).unlink(missing_ok=True)
+    (out_dir / formats.FP16_FILE).unlink(missing_ok=True)
 
     seconds = {}
     steps = tqdm(total=4, desc=f"export {ckpt['model']}", unit="step", disable=not progress,
@@ -129,7 +127,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path | None = None,
         parity["failures"] = failures
     card.write_json(out_dir / card.PARITY, parity)
     files = [formats.FILES[f] for f in ("onnx", "torchscript", "torch_export")]
-    files += [FP16_FILE] if (out_dir / FP16_FILE).exists() else []
+    files += [formats.FP16_FILE] if (out_dir / formats.FP16_FILE).exists() else []
     card.write_json(out_dir / card.CARD, card.model_card(
         ckpt, sha256_of(ckpt_path), out_dir, files + [card.PARITY]))
     return out_dir, parity
