@@ -1,0 +1,69 @@
+"""Batching across concurrent /classify and /compare requests, in one event loop.
+
+Natural batching: no timer. A request that arrives while the model is idle runs at once; the
+requests that arrive while a batch is running go together into the next one. Low load costs no
+added latency, high load gets big batches. Requests are never split.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+class MicroBatcher:
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], max_batch: int, enabled=True):
+        self.fn = fn
+        self.max_batch = max_batch
+        self.enabled = enabled
+        self.pending: collections.deque = collections.deque()
+        self.task: asyncio.Task | None = None
+        self.batch_sizes: collections.Counter = collections.Counter()  # requests per ORT call
+
+    async def __call__(self, images: np.ndarray) -> tuple[np.ndarray, float]:
+        """Probabilities for ``images`` and the milliseconds of the ORT call they rode in."""
+        if not self.enabled:
+            return await self._run([images])
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((images, future))
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self.pending:
+            group, futures, n = [], [], 0
+            while self.pending and (not group or n + len(self.pending[0][0]) <= self.max_batch):
+                images, future = self.pending.popleft()
+                group.append(images)
+                futures.append(future)
+                n += len(images)
+            try:
+                probs, ms = await self._run(group)
+            except Exception as e:  # noqa: BLE001 - the model failed: each waiting request learns why
+                for f in futures:
+                    if not f.done():
+                        f.set_exception(e)
+                continue
+            start = 0
+            for images, f in zip(group, futures):
+                if not f.done():
+                    f.set_result((probs[start:start + len(images)], ms))
+                start += len(images)
+
+    async def _run(self, group: list[np.ndarray]) -> tuple[np.ndarray, float]:
+        self.batch_sizes[len(group)] += 1
+        batch = group[0] if len(group) == 1 else np.concatenate(group)
+        t0 = time.perf_counter()
+        probs = await asyncio.to_thread(self.fn, batch)
+        return probs, round((time.perf_counter() - t0) * 1000, 3)
+
+    def stats(self) -> dict:
+        calls = sum(self.batch_sizes.values())
+        requests = sum(k * v for k, v in self.batch_sizes.items())
+        return {"calls": calls, "requests": requests,
+                "requests_per_call": {str(k): v for k, v in sorted(self.batch_sizes.items())}}

@@ -1,0 +1,61 @@
+"""Every knob of the service, read once from the environment (defaults are the tuned values).
+
+Change any of them without touching code, e.g.
+    CIFAR2_MAX_BATCH_SIZE=64 CIFAR2_WORKERS=1 bentoml serve
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not an integer; unset it or give a number") from None
+    if value < 0:
+        raise SystemExit(f"{name}={raw!r} must be >= 0")
+    return value
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "on", "yes"):
+        return True
+    if raw in ("0", "false", "off", "no"):
+        return False
+    raise SystemExit(f"{name}={raw!r}: use on or off")
+
+
+CONVNET_TAG = os.environ.get("CIFAR2_CONVNET", "cifar2-net:latest")
+DENSE_TAG = os.environ.get("CIFAR2_DENSE", "cifar2-dense:latest")
+DEVICE = os.environ.get("CIFAR2_DEVICE", "auto").strip().lower()
+
+# Two workers on two cores with one ORT thread each beat one worker with two threads: the
+# per-request Python work (HTTP parsing, validation) is the bottleneck, not the tiny model.
+WORKERS = _int("CIFAR2_WORKERS", 2)
+ORT_THREADS = _int("CIFAR2_ORT_THREADS", 1)
+
+# Adaptive batching of /predict (BentoML's CorkDispatcher) and of /classify and /compare
+# (service.batcher). "off" serves every request with its own ORT call, for comparison.
+BATCHING = _flag("CIFAR2_BATCHING", True)
+MAX_BATCH_SIZE = _int("CIFAR2_MAX_BATCH_SIZE", 1024)
+# BentoML sheds (503) a queued request that cannot finish within this; keep it well above
+# the p99 we aim for so that only real overload is rejected.
+MAX_LATENCY_MS = _int("CIFAR2_MAX_LATENCY_MS", 1000)
+
+MAX_BODY_BYTES = _int("CIFAR2_MAX_BODY_MB", 16) * 1024 * 1024
+MAX_IMAGES = _int("CIFAR2_MAX_IMAGES", 1024)
+# Requests in progress per worker before new ones get 503 + Retry-After instead of queueing.
+MAX_IN_FLIGHT = _int("CIFAR2_MAX_IN_FLIGHT", 256)
+# Declared pixels (width x height) above which an upload is a decompression bomb.
+MAX_IMAGE_PIXELS = _int("CIFAR2_MAX_IMAGE_PIXELS", 4096 * 4096)
+ACCESS_LOG = _flag("CIFAR2_ACCESS_LOG", False)
+
+WARMUP_BATCH_SIZES = (1, 8, 64, 256, 1024)

@@ -1,0 +1,19 @@
+"""The one client-error type: a 4xx status, a message naming the problem, the image index."""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+
+class BadInput(ValueError):
+    def __init__(self, message: str, index: int | None = None, status: int = 400):
+        super().__init__(message if index is None else f"image {index}: {message}")
+        self.message = message
+        self.index = index
+        self.status = status
+
+    def response(self) -> JSONResponse:
+        body = {"error": str(self)}
+        if self.index is not None:
+            body["index"] = self.index
+        return JSONResponse(body, status_code=self.status)

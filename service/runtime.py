@@ -1,0 +1,51 @@
+"""A served model: one ONNX Runtime session over a store model's model.onnx, plus its card.
+
+Sessions come from export.runtime (the one provider-selection helper); nothing here imports
+torch.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from export.runtime import open_session, run_session
+
+
+class ServedModel:
+    def __init__(self, key: str, stored, device: str, threads: int):
+        self.key = key  # "convnet" or "dense": the name clients use
+        self.tag = str(stored.tag)
+        self.metadata = dict(stored.info.metadata)
+        self.labels = dict(stored.info.labels)
+        self.classes = list(self.metadata.get("classes", ["airplane", "bird"]))
+        self.session, self.provider = open_session(stored.path_of("model.onnx"), device=device,
+                                                   threads=threads)
+
+    def probs(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [N,3,32,32] -> float32 probabilities [N,2]."""
+        return run_session(self.session, images)[1]
+
+    def warmup(self, batch_sizes) -> dict[int, float]:
+        """Run each batch size once (ORT allocates per shape); return ms per batch."""
+        rng = np.random.default_rng(0)
+        times = {}
+        for n in batch_sizes:
+            images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+            t0 = time.perf_counter()
+            out = self.probs(images)
+            times[n] = round((time.perf_counter() - t0) * 1000, 3)
+            if out.shape != (n, len(self.classes)) or not np.all(np.isfinite(out)):
+                raise RuntimeError(f"{self.tag}: warm-up at batch {n} gave {out.shape} "
+                                   "or non-finite probabilities")
+        return times
+
+    def card(self) -> dict:
+        """What /info shows: from the store metadata, plus what this process really runs."""
+        m = self.metadata
+        return {"tag": self.tag, "model": m.get("model"), "params": m.get("params"),
+                "val_acc": m.get("val_acc"), "train_acc": m.get("train_acc"),
+                "recipe": m.get("recipe"), "parity": m.get("parity"), "classes": self.classes,
+                "checkpoint_sha256": m.get("checkpoint_sha256"), "labels": self.labels,
+                "provider": self.provider, "providers": self.session.get_providers()}
