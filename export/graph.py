@@ -6,6 +6,8 @@ self-contained and the parity check covers the preprocessing as well as the mode
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -19,7 +21,8 @@ class ServingGraph(nn.Module):
     def __init__(self, model: nn.Module, mean: list[float], std: list[float],
                  dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.model = model.to(dtype).eval()
+        # Module.to() converts in place; an fp16 variant must leave the caller's fp32 model alone.
+        self.model = (model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)).eval()
         self.dtype = dtype
         # Buffers, not Python floats: they are saved with the graph and shaped for broadcasting.
         self.register_buffer("mean", torch.tensor(mean, dtype=dtype).view(1, 3, 1, 1))

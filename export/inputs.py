@@ -34,10 +34,11 @@ def real_test_batch(data_dir: str | Path | None) -> tuple[Batch | None, dict]:
                                    "sha256": images_sha256([Batch("test", images)])}
 
 
-def parity_batches(data_dir: str | Path | None) -> tuple[list[Batch], dict]:
+def parity_batches(data_dir: str | Path | None,
+                   sizes: tuple[int, ...] = RANDOM_BATCH_SIZES) -> tuple[list[Batch], dict]:
     """All parity batches and a description of them for parity.json."""
-    batches = random_batches()
-    described = {"random": {"seed": RANDOM_SEED, "batch_sizes": list(RANDOM_BATCH_SIZES),
+    batches = random_batches(sizes)
+    described = {"random": {"seed": RANDOM_SEED, "batch_sizes": list(sizes),
                             "sha256": images_sha256(batches)}}
     real, described["test_images"] = real_test_batch(data_dir)
     if real is not None:

@@ -15,7 +15,13 @@ from tqdm import tqdm
 from export import card, formats
 from export.graph import serving_graph
 from export.inputs import parity_batches
-from export.parity import FP16_TOLERANCES, TOLERANCES, check_format, pack_reference
+from export.parity import (
+    FP16_TOLERANCES,
+    RANDOM_BATCH_SIZES,
+    TOLERANCES,
+    check_format,
+    pack_reference,
+)
 from export.runtime import CUDA, RuntimeUnavailable, open_session, run_session
 from models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, sha256_of
 
@@ -23,7 +29,16 @@ from models.checkpoint import CheckpointError, load_checkpoint, model_from_check
 def load_model(ckpt_path: Path):
     """The checkpoint (weights_only) and its eval-mode model. Raises CheckpointError, or
     UnknownModelError for a model name the zoo does not have."""
-    ckpt = load_checkpoint(ckpt_path)
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+    except CheckpointError:
+        raise
+    # torch's weights_only unpickler raises KeyError, IndexError, ... on some non-pickle bytes
+    # that load_checkpoint does not list; to a user they all mean "not our checkpoint".
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{ckpt_path}: not a readable cifar2 checkpoint "
+                              f"({type(e).__name__}); only files written by "
+                              "`python -m models.train` are accepted") from None
     try:
         model = model_from_checkpoint(ckpt)
     except (RuntimeError, TypeError) as e:  # state_dict or constructor args do not fit the model
@@ -40,26 +55,28 @@ def eager(graph: torch.nn.Module, images: np.ndarray) -> tuple[np.ndarray, np.nd
     return logits.numpy(), probs.numpy()
 
 
-def _fp16_check(model, ckpt, out_dir: Path, batches, references) -> dict:
-    """On a GPU only: an fp16 ONNX variant on ONNX Runtime CUDA, judged by decisions and
-    probabilities on the real test images (the random batches when there is no data)."""
+def fp16_check(model, ckpt, out_dir: Path, batches, references, device: str = "cuda") -> dict:
+    """The fp16 ONNX variant, judged by decisions and probabilities on the real test images (the
+    random batches when there is no data). The exporter runs it only where ONNX Runtime really
+    runs on CUDA; the tests run the same code on the CPU provider."""
     graph16 = serving_graph(model, ckpt, dtype=torch.float16)
     formats.write_onnx(graph16, out_dir / formats.FP16_FILE, formats.export_program(graph16))
-    sess, provider = open_session(out_dir / formats.FP16_FILE, device="cuda")
+    sess, provider = open_session(out_dir / formats.FP16_FILE, device=device)
     real = [i for i, b in enumerate(batches) if b.name == "test"] or range(len(batches))
-    result = check_format("onnxruntime_cuda_fp16", lambda x: run_session(sess, x),
+    result = check_format(f"onnxruntime_{device}_fp16", lambda x: run_session(sess, x),
                           [batches[i] for i in real], [references[i] for i in real], fp16=True)
     return {**result, "provider": provider}
 
 
 def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path | None = None,
-                      data_dir: str | Path | None = None,
-                      progress: bool = True) -> tuple[Path, dict]:
+                      data_dir: str | Path | None = None, progress: bool = True,
+                      batch_sizes: tuple[int, ...] = RANDOM_BATCH_SIZES) -> tuple[Path, dict]:
     """Export, check and describe one checkpoint into ``out_dir`` (default
     ``artifacts/<model>``); return the folder and parity.json's content.
 
     parity.json and model.json are written whether or not the gate passes, so a failure can be
     inspected; ``register`` refuses anything whose parity.json does not say ``passed``.
+    ``batch_sizes`` (the random batches) is for the test suite; the CLI always runs the full set.
     """
     ckpt_path = Path(ckpt_path)
     ckpt, model = load_model(ckpt_path)
@@ -88,7 +105,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path | None = None,
     steps.update()
 
     t = time.perf_counter()
-    batches, inputs = parity_batches(data_dir)
+    batches, inputs = parity_batches(data_dir, batch_sizes)
     references = [eager(graph, b.images) for b in batches]
     runners, runtime = formats.load_runners(out_dir)
     results = {}
@@ -100,7 +117,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path | None = None,
         torch.backends.cuda.matmul.allow_tf32 = False  # no TF32 anywhere near a GPU reference
         torch.backends.cudnn.allow_tf32 = False
         try:
-            results["onnxruntime_cuda_fp16"] = _fp16_check(model, ckpt, out_dir, batches,
+            results["onnxruntime_cuda_fp16"] = fp16_check(model, ckpt, out_dir, batches,
                                                            references)
         except RuntimeUnavailable as e:
             runtime["skipped"]["onnxruntime_cuda_fp16"] = str(e)

@@ -69,3 +69,25 @@ def untrained_checkpoint(name: str, path: Path, seed: int = 0) -> Path:
     ckpt = make_checkpoint(name, args, model, metrics={"val_acc": 0.5, "train_acc": 0.5},
                            recipe={"name": "untrained"}, data_fingerprint="synthetic")
     return save_checkpoint(ckpt, path)
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """``exported(name) -> (checkpoint, artifact folder, parity)``: each zoo model's untrained
+    checkpoint exported once per session (in-process, random parity inputs) and then shared.
+    The random batches stop at 256 to keep the suite fast; the CLI tests run the full gate.
+    Tests that damage files copy the folder first."""
+    from export.pipeline import export_checkpoint
+
+    root = tmp_path_factory.mktemp("exported")
+    cache: dict[str, tuple[Path, Path, dict]] = {}
+
+    def get(name: str) -> tuple[Path, Path, dict]:
+        if name not in cache:
+            ckpt = untrained_checkpoint(name, root / f"{name}.pt")
+            out, parity = export_checkpoint(ckpt, root / name, progress=False,
+                                            batch_sizes=(1, 2, 7, 64, 256))
+            cache[name] = (ckpt, out, parity)
+        return cache[name]
+
+    return get
