@@ -7,7 +7,9 @@ float32 ndarrays, so parity treats every format the same way.
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -129,7 +131,17 @@ def load_torchscript(path: Path) -> Runner:
 
 def load_pt2(path: Path) -> Runner:
     with _loading(path, "torch.export"):
-        module = torch.export.load(str(path)).module()
+        if not zipfile.is_zipfile(path):  # a .pt2 is a zip archive; a cut one loses its index
+            raise zipfile.BadZipFile("not a zip archive")
+        # torch.export logs a full traceback for a broken archive before retrying an older
+        # format; the failure is reported once, by _loading, instead.
+        logger = logging.getLogger("torch.export")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            module = torch.export.load(str(path)).module()
+        finally:
+            logger.setLevel(level)
     return _torch_runner(module)
 
 
