@@ -57,5 +57,6 @@ MAX_IN_FLIGHT = _int("CIFAR2_MAX_IN_FLIGHT", 256)
 # Declared pixels (width x height) above which an upload is a decompression bomb.
 MAX_IMAGE_PIXELS = _int("CIFAR2_MAX_IMAGE_PIXELS", 4096 * 4096)
 ACCESS_LOG = _flag("CIFAR2_ACCESS_LOG", False)
+TRACING = _flag("CIFAR2_TRACING", False)
 
 WARMUP_BATCH_SIZES = (1, 8, 64, 256, 1024)

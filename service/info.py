@@ -1,18 +1,29 @@
-"""GET /info: what this server really runs (a small Starlette app mounted into the service)."""
+"""GET /info: what this server really runs: models, provider, batching, limits, versions.
+
+An ASGI middleware rather than a mounted app: BentoML mounts apps under a prefix, so a mounted
+app answers /info/ and redirects /info with a 307.
+"""
 
 from __future__ import annotations
 
 import bentoml
-from starlette.applications import Starlette
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+
+PATH = "/info"
 
 
-async def info(_request) -> JSONResponse:
-    service = bentoml.get_current_service()
-    if service is None:
-        return JSONResponse({"error": "service is starting"}, status_code=503)
-    return JSONResponse(service.describe())
+class InfoRoute:
+    def __init__(self, app):
+        self.app = app
 
-
-app = Starlette(routes=[Route("/", info, methods=["GET"])])
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"].rstrip("/") != PATH:
+            return await self.app(scope, receive, send)
+        service = bentoml.get_current_service()
+        if scope["method"] not in ("GET", "HEAD"):
+            response = JSONResponse({"error": "use GET /info"}, status_code=405)
+        elif service is None:
+            response = JSONResponse({"error": "service is starting"}, status_code=503)
+        else:
+            response = JSONResponse(service.describe())
+        await response(scope, receive, send)

@@ -6,6 +6,7 @@ The .npy form is read with allow_pickle=False, so an upload can never run code.
 from __future__ import annotations
 
 import io
+import re
 from typing import Annotated, Any
 
 import numpy as np
@@ -14,6 +15,10 @@ from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 from service.config import MAX_IMAGES
 
 SHAPE = (3, 32, 32)
+# The exact header numpy.save writes for a C-order uint8 [N,3,32,32] array: parsed with one
+# regex instead of numpy's ast.literal_eval, which was 3% of a single-image request.
+_FAST_HEADER = re.compile(rb"\{'descr': '\|u1', 'fortran_order': False, "
+                          rb"'shape': \((\d+), 3, 32, 32\), \} *\n")
 
 
 def parse_tensor(value: Any, max_images: int = MAX_IMAGES) -> np.ndarray:
@@ -44,6 +49,11 @@ def _load_npy(data: bytes) -> np.ndarray:
     if not data.startswith(b"\x93NUMPY"):
         raise ValueError("the body is not an .npy file (it lacks the \\x93NUMPY magic); write "
                          "it with numpy.save(f, array_uint8), or send JSON {\"images\": [...]}")
+    start = 10 if data[6:7] == b"\x01" else 12  # header length field: 2 bytes in v1, 4 after
+    header_len = int.from_bytes(data[8:start], "little")
+    m = _FAST_HEADER.fullmatch(data, start, start + header_len)
+    if m and len(data) == start + header_len + int(m.group(1)) * 3072:
+        return np.frombuffer(data, np.uint8, offset=start + header_len).reshape(-1, *SHAPE)
     try:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - numpy raises many types for a bad file

@@ -1,0 +1,270 @@
+"""The real server over real HTTP: `bentoml serve` in a subprocess on a free port, with a
+temporary BENTOML_HOME holding two tiny models freshly exported by `python -m export`.
+
+The server starts once for the module (a few seconds); every test talks to it with httpx.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from conftest import untrained_checkpoint
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_env(home: Path, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CIFAR2_", "BENTOML_"))}
+    env.update({"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True",
+                "CIFAR2_WORKERS": "1", "CIFAR2_DEVICE": "cpu", **extra})
+    return env
+
+
+def start_server(env: dict, port: int, log: Path, ready: bool = True):
+    """`bentoml serve` from the repo root; wait until /readyz is 200 (or, with ready=False,
+    until the server answers /livez)."""
+    proc = subprocess.Popen([BENTOML, "serve", "--port", str(port), "--host", "127.0.0.1"],
+                            cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"bentoml serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/{'readyz' if ready else 'livez'}", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    proc.terminate()
+    pytest.fail(f"server not ready in 90 s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """A BENTOML_HOME with cifar2-net and cifar2-dense, registered by the real exporter."""
+    root = tmp_path_factory.mktemp("store")
+    home = root / "bentoml"
+    for name in ("net", "dense"):
+        ckpt = untrained_checkpoint(name, root / f"{name}.pt")
+        done = subprocess.run(
+            [sys.executable, "-m", "export", str(ckpt), "--out", str(root / name),
+             "--register", "--quiet"],
+            check=False, cwd=ROOT, env=server_env(home), capture_output=True, text=True,
+            timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    return home
+
+
+@pytest.fixture(scope="module")
+def server(store, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    proc, url = start_server(server_env(store, CIFAR2_MAX_IMAGES="16"), free_port(), log)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        yield client
+    stop(proc)
+
+
+def png(color=(200, 30, 30), size=(32, 32), mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def files(*datas: bytes) -> list:
+    return [("images", (f"{i}.png", d, "image/png")) for i, d in enumerate(datas)]
+
+
+X = np.random.default_rng(1).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+
+
+def test_probes_info_and_no_torch(server, store):
+    assert server.get("/livez").status_code == 200
+    assert server.get("/readyz").status_code == 200
+    info = server.get("/info").json()
+    assert info["ready"] and info["error"] is None
+    assert set(info["models"]) == {"convnet", "dense"}
+    conv = info["models"]["convnet"]
+    assert conv["tag"].startswith("cifar2-net:") and conv["params"] == 18090
+    assert conv["provider"] == "CPUExecutionProvider" and conv["parity"]
+    assert info["models"]["dense"]["params"] == 1574402
+    assert set(info["warmup_ms"]["convnet"]) == {"1", "8", "64", "256", "1024"}
+    assert info["versions"]["onnxruntime"] and info["batching"]["enabled"]
+    assert info["torch_imported"] is False  # the serving process never imports torch
+
+
+def test_classify_both_models_in_input_order(server):
+    images = [png((200, 30, 30)), png((30, 200, 30), (100, 60), "RGB"), png((9, 9, 9, 0),
+                                                                          (40, 40), "RGBA")]
+    for model in ("convnet", "dense"):
+        r = server.post("/classify", files=files(*images), data={"model": model})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == model and body["model_tag"].startswith("cifar2-")
+        assert len(body["predictions"]) == 3
+        for p in body["predictions"]:
+            assert p["label"] in ("airplane", "bird")
+            assert abs(sum(p["probabilities"].values()) - 1) < 1e-4
+    default = server.post("/classify", files=files(png())).json()
+    assert default["model"] == "convnet"
+
+
+def test_classify_matches_predict_on_the_same_pixels(server):
+    pixels = X[0].transpose(1, 2, 0)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    cls = server.post("/classify", files=files(buf.getvalue())).json()["predictions"][0]
+    probs = server.post("/predict", json={"images": X[:1].tolist()}).json()[0]
+    assert cls["probabilities"]["airplane"] == pytest.approx(probs[0], abs=1e-5)
+
+
+def test_compare(server):
+    r = server.post("/compare", files=files(png(), png((10, 10, 200))))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body["models"]) == {"convnet", "dense"}
+    assert all(m["inference_ms"] >= 0 for m in body["models"].values())
+    assert len(body["predictions"]) == 2 and 0 <= body["agreement"] <= 1
+    agree = [p["convnet"]["label"] == p["dense"]["label"] for p in body["predictions"]]
+    assert body["agreement"] == pytest.approx(sum(agree) / 2)
+
+
+def test_predict_json_npy_body_and_npy_upload_agree(server):
+    as_json = server.post("/predict", json={"images": X.tolist()})
+    as_body = server.post("/predict", content=npy(X), headers={"content-type": "application/x-npy"})
+    as_file = server.post("/predict", files=[("images", ("x.npy", npy(X)))])
+    for r in (as_json, as_body, as_file):
+        assert r.status_code == 200, r.text
+    probs = np.array(as_json.json())
+    assert probs.shape == (3, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert np.allclose(as_body.json(), probs) and np.allclose(as_file.json(), probs)
+
+
+BAD_REQUESTS = [
+    # (path, request kwargs, status, words in the error, image index or None)
+    ("/classify", {"files": files(png(), b"\x89PNG garbage")}, 400, "image 1", 1),
+    ("/classify", {"files": files(b"")}, 400, "empty file", 0),
+    ("/classify", {"data": {"model": "dense"}}, 400, "no images", None),
+    ("/classify", {"files": files(*[png()] * 17)}, 413, "limit is 16", None),
+    ("/classify", {"files": files(png()), "data": {"model": "resnet"}}, 400, "convnet", None),
+    ("/classify", {"data": {"images": "http://127.0.0.1:1/x.png"}}, 400, "upload the file",
+     None),
+    ("/compare", {"files": files(png(), png(), b"GIF89a broken")}, 400, "image 2", 2),
+    ("/predict", {"json": {"images": [[1, 2, 3]]}}, 400, "shape", None),
+    ("/predict", {"json": {"images": (X.astype(int) * 2).tolist()}}, 400, "0..255", None),
+    ("/predict", {"content": npy(X.astype(np.float32)),
+                  "headers": {"content-type": "application/x-npy"}}, 400, "float32", None),
+    ("/predict", {"content": b"not numpy", "headers": {"content-type": "application/x-npy"}},
+     400, ".npy", None),
+    ("/predict", {"content": npy(np.zeros((17, 3, 32, 32), np.uint8)),
+                  "headers": {"content-type": "application/x-npy"}}, 400, "limit is 16", None),
+    ("/predict", {"json": {"pixels": []}}, 400, "images", None),
+]
+
+
+@pytest.mark.parametrize("path, kwargs, status, words, index", BAD_REQUESTS)
+def test_bad_input_gets_a_4xx_naming_the_problem(server, path, kwargs, status, words, index):
+    r = server.post(path, **kwargs)
+    assert r.status_code == status, r.text
+    assert words in r.text
+    if index is not None:
+        assert r.json()["index"] == index
+    assert server.post("/classify", files=files(png())).status_code == 200  # still serving
+
+
+def test_decompression_bomb_and_oversized_body(server):
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, "PNG")
+    r = server.post("/classify", files=files(png(), buf.getvalue()))
+    assert r.status_code == 413 and "decompression bomb" in r.text and r.json()["index"] == 1
+    r = server.post("/predict", content=b"\0" * (16 * 2**20 + 1),
+                    headers={"content-type": "application/x-npy"})
+    assert r.status_code == 413 and "16 MiB" in r.json()["error"]
+
+
+def batch_histogram(server) -> tuple[float, float]:
+    """(sum, count) of BentoML's adaptive batch size histogram for /predict."""
+    total = count = 0.0
+    for line in server.get("/metrics").text.splitlines():
+        if line.startswith("bentoml_service_adaptive_batch_size_") and 'method_name="predict"' in line:
+            if "_sum{" in line:
+                total += float(line.rsplit(" ", 1)[1])
+            elif "_count{" in line:
+                count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+def test_concurrent_requests_are_batched(server):
+    sum0, count0 = batch_histogram(server)
+    stats0 = server.get("/info").json()["batching"]["classify_compare"]["convnet"]
+    one = npy(X[:1])
+    image = png()
+
+    def predict(_):
+        return server.post("/predict", content=one,
+                           headers={"content-type": "application/x-npy"}).status_code
+
+    def classify(_):
+        return server.post("/classify", files=files(image)).status_code
+
+    with ThreadPoolExecutor(32) as pool:
+        assert set(pool.map(predict, range(192))) == {200}
+        assert set(pool.map(classify, range(96))) == {200}
+    sum1, count1 = batch_histogram(server)
+    requests, batches = sum1 - sum0, count1 - count0
+    assert requests == 192 and 0 < batches < requests, (requests, batches)  # several per batch
+    stats = server.get("/info").json()["batching"]["classify_compare"]["convnet"]
+    assert stats["requests"] - stats0["requests"] == 96
+    assert stats["calls"] - stats0["calls"] < 96  # fewer ORT calls than requests
+
+
+def test_metrics_and_openapi(server):
+    metrics = server.get("/metrics")
+    assert metrics.status_code == 200 and "bentoml_service_request_total" in metrics.text
+    spec = server.get("/docs.json").json()
+    assert {"/classify", "/compare", "/predict"} <= set(spec["paths"])
+
+
+def test_cuda_device_without_gpu_fails_readiness_clearly(store, tmp_path):
+    # CUDA_VISIBLE_DEVICES="" hides every GPU, so the CUDA provider fails on any machine.
+    env = server_env(store, CIFAR2_DEVICE="cuda", CUDA_VISIBLE_DEVICES="")
+    proc, url = start_server(env, free_port(), tmp_path / "serve.log", ready=False)
+    try:
+        r = httpx.get(f"{url}/readyz", timeout=10)
+        assert r.status_code == 503 and "CUDA" in r.text, r.text
+        info = httpx.get(f"{url}/info", timeout=10).json()
+        assert info["ready"] is False and "CUDA" in info["error"] and info["models"] == {}
+    finally:
+        stop(proc)

@@ -1,0 +1,232 @@
+"""The service's input handling, in-process and fast: image decoding, tensor parsing, the
+body/overload limits and the micro-batcher. The real server is tested in test_service_http.py."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import pickle
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from service.batcher import MicroBatcher
+from service.errors import BadInput
+from service.images import decode_image, decode_images
+from service.limits import RequestLimits
+from service.tensors import parse_tensor
+
+
+def encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+RNG = np.random.default_rng(0)
+PIXELS = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP", "WEBP"])
+def test_lossless_32x32_passes_through_exactly(fmt):
+    kw = {"lossless": True} if fmt == "WEBP" else {}
+    out = decode_image(encode(Image.fromarray(PIXELS), fmt, **kw))
+    assert out.dtype == np.uint8 and out.shape == (3, 32, 32)
+    np.testing.assert_array_equal(out, PIXELS.transpose(2, 0, 1))
+
+
+def test_any_size_and_mode_becomes_rgb_32x32():
+    big = Image.fromarray(np.full((300, 500, 3), 200, np.uint8))
+    assert decode_image(encode(big, "JPEG")).shape == (3, 32, 32)
+    gray = decode_image(encode(Image.new("L", (64, 64), 77), "PNG"))
+    assert gray.shape == (3, 32, 32) and np.all(gray == 77)
+    # Fully transparent pixels composite onto white, whatever colour they store.
+    clear = decode_image(encode(Image.new("RGBA", (40, 40), (0, 0, 0, 0)), "PNG"))
+    assert np.all(clear == 255)
+
+
+def test_gif_uses_the_first_frame():
+    frames = [Image.new("P", (32, 32), 1), Image.new("P", (32, 32), 2)]
+    for f in frames:
+        f.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255] + [0] * 759)
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    out = decode_image(data)
+    assert out[0].min() == 255 and out[2].max() == 0  # red, not the blue second frame
+
+
+@pytest.mark.parametrize("data, words", [
+    (b"", "empty file"),
+    (b"definitely not an image", "not an image file"),
+    (encode(Image.fromarray(PIXELS), "PNG")[:60], "corrupt"),
+    (encode(Image.fromarray(PIXELS), "TIFF"), "not an image file"),  # not an accepted format
+])
+def test_bad_files_name_the_problem_and_index(data, words):
+    with pytest.raises(BadInput) as e:
+        decode_images([encode(Image.fromarray(PIXELS), "PNG"), data], max_images=8)
+    assert words in str(e.value) and e.value.index == 1 and e.value.status == 400
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    # A 20000x20000 PNG header: decoding it would need 1.2 GB; the check reads only the header.
+    bomb = encode(Image.new("1", (20000, 20000)), "PNG")
+    assert len(bomb) < 100_000
+    with pytest.raises(BadInput, match="decompression bomb") as e:
+        decode_image(bomb, index=3)
+    assert e.value.index == 3 and e.value.status == 413
+
+
+def test_image_count_limit_and_no_images():
+    png = encode(Image.fromarray(PIXELS), "PNG")
+    with pytest.raises(BadInput, match="limit is 2"):
+        decode_images([png] * 3, max_images=2)
+    with pytest.raises(BadInput, match="no images"):
+        decode_images([], max_images=2)
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_npy_and_json_give_the_same_tensor(n):
+    x = RNG.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+    np.testing.assert_array_equal(parse_tensor(npy(x)), x)  # fast header path
+    np.testing.assert_array_equal(parse_tensor(npy(np.asfortranarray(x))), x)  # numpy path
+    np.testing.assert_array_equal(parse_tensor(x.tolist()), x)
+
+
+@pytest.mark.parametrize("value, words", [
+    ([[1, 2, 3]], "shape"),
+    (np.zeros((2, 3, 32, 31), np.uint8).tolist(), "shape"),
+    (np.zeros((0, 3, 32, 32), np.uint8).tolist(), "shape"),
+    ((np.zeros((1, 3, 32, 32), int) + 256).tolist(), "0..255"),
+    ((np.zeros((1, 3, 32, 32), int) - 1).tolist(), "0..255"),
+    ((np.zeros((1, 3, 32, 32)) + 0.5).tolist(), "fractional"),
+    ([[[["a"] * 32] * 32] * 3], "integers"),
+    ([[1, 2], [3]], "ragged"),
+    ("hello", "nested lists"),
+    (npy(np.zeros((1, 3, 32, 32), np.float32)), "dtype float32"),
+    (npy(np.zeros((1, 3, 32, 32), np.int64)), "dtype int64"),
+    (npy(np.zeros((3, 32, 32), np.uint8)), "shape"),
+    (npy(np.zeros((1, 3, 32, 32), np.uint8))[:-5], "not a readable .npy"),
+    (b"garbage bytes", "not an .npy file"),
+])
+def test_bad_tensors_name_the_problem(value, words):
+    with pytest.raises(ValueError, match=words):
+        parse_tensor(value)
+
+
+def test_tensor_image_count_limit():
+    with pytest.raises(ValueError, match="limit is 4"):
+        parse_tensor(npy(np.zeros((5, 3, 32, 32), np.uint8)), max_images=4)
+
+
+def test_pickled_npy_is_refused_without_unpickling():
+    evil = np.array([{"a": 1}], dtype=object)
+    buf = io.BytesIO()
+    np.save(buf, evil, allow_pickle=True)
+    assert b"\x80" in buf.getvalue()  # really a pickle inside
+    with pytest.raises(ValueError, match="not a readable .npy"):
+        parse_tensor(buf.getvalue())
+    with pytest.raises(ValueError):
+        parse_tensor(pickle.dumps([1, 2, 3]))
+
+
+def limited_app(max_body: int, max_in_flight: int, gate: asyncio.Event | None = None):
+    async def echo(request):
+        body = await request.body()
+        if gate is not None:
+            await gate.wait()
+        return JSONResponse({"bytes": len(body)})
+
+    async def busy(_request):
+        return JSONResponse({"error": "queue full"}, status_code=503)
+
+    app = Starlette(routes=[Route("/echo", echo, methods=["POST"]),
+                            Route("/busy", busy, methods=["POST"])])
+    return RequestLimits(app, max_body_bytes=max_body, max_in_flight=max_in_flight)
+
+
+def test_body_limit_by_content_length_and_by_chunked_stream():
+    async def run():
+        transport = httpx.ASGITransport(app=limited_app(1000, 10))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            ok = await c.post("/echo", content=b"x" * 1000)
+            big = await c.post("/echo", content=b"x" * 1001)
+
+            async def chunks():
+                for _ in range(5):
+                    yield b"x" * 300
+            chunked = await c.post("/echo", content=chunks())
+            return ok, big, chunked
+
+    ok, big, chunked = asyncio.run(run())
+    assert ok.status_code == 200 and ok.json() == {"bytes": 1000}
+    assert big.status_code == 413 and "1001 bytes" in big.json()["error"]
+    assert chunked.status_code == 413 and "limit is 1000 bytes" in chunked.json()["error"]
+
+
+def test_overload_gets_503_with_retry_after_and_recovers():
+    async def run():
+        gate = asyncio.Event()
+        transport = httpx.ASGITransport(app=limited_app(10_000, 2, gate))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            held = [asyncio.create_task(c.post("/echo", content=b"a")) for _ in range(2)]
+            await asyncio.sleep(0.05)  # both are now in progress, waiting on the gate
+            rejected = await c.post("/echo", content=b"b")
+            gate.set()
+            done = await asyncio.gather(*held)
+            after = await c.post("/echo", content=b"c")
+            app_503 = await c.post("/busy")
+            return rejected, done, after, app_503
+
+    rejected, done, after, app_503 = asyncio.run(run())
+    assert rejected.status_code == 503 and rejected.headers["retry-after"] == "1"
+    assert "overloaded" in rejected.json()["error"]
+    assert [r.status_code for r in done] == [200, 200] and after.status_code == 200
+    assert app_503.headers["retry-after"] == "1"  # the app's own 503s get the header too
+
+
+def test_micro_batcher_batches_concurrent_requests_in_order():
+    calls = []
+
+    def model(x):
+        calls.append(len(x))
+        return x[:, 0, 0, :2].astype(np.float32)
+
+    async def run():
+        batcher = MicroBatcher(model, max_batch=64)
+        inputs = [np.full((k, 3, 32, 32), i, np.uint8) for i, k in enumerate([1, 2, 3, 1, 1])]
+        outs = await asyncio.gather(*(batcher(x) for x in inputs))
+        return inputs, outs, batcher.stats()
+
+    inputs, outs, stats = asyncio.run(run())
+    for x, (probs, ms) in zip(inputs, outs):
+        assert probs.shape == (len(x), 2) and np.all(probs == x[0, 0, 0, 0]) and ms >= 0
+    assert sum(calls) == 8 and len(calls) < 5  # fewer ORT calls than requests
+    assert stats["requests"] == 5 and stats["calls"] == len(calls)
+
+
+def test_micro_batcher_respects_max_batch_and_off_switch():
+    sizes = []
+
+    def model(x):
+        sizes.append(len(x))
+        return np.zeros((len(x), 2), np.float32)
+
+    async def run(enabled):
+        b = MicroBatcher(model, max_batch=4, enabled=enabled)
+        await asyncio.gather(*(b(np.zeros((2, 3, 32, 32), np.uint8)) for _ in range(5)))
+
+    asyncio.run(run(True))
+    assert max(sizes) <= 4 and sum(sizes) == 10
+    sizes.clear()
+    asyncio.run(run(False))
+    assert sizes == [2] * 5
