@@ -51,7 +51,7 @@ def make_checkpoint(
         "metrics": dict(metrics or {}),
         "recipe": dict(recipe or {}),
         "data_fingerprint": data_fingerprint,
-        "versions": {"torch": torch.__version__},
+        "versions": {"torch": str(torch.__version__)},  # TorchVersion is refused by weights_only
     }
 
 
