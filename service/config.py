@@ -45,6 +45,8 @@ ORT_THREADS = _int("CIFAR2_ORT_THREADS", 1)
 # Adaptive batching of /predict (BentoML's CorkDispatcher) and of /classify and /compare
 # (service.batcher). "off" serves every request with its own ORT call, for comparison.
 BATCHING = _flag("CIFAR2_BATCHING", True)
+# Raw .npy /predict bodies skip BentoML's IO layer (service/fastpath.py); off = BentoML path.
+FAST_NPY = _flag("CIFAR2_FAST_NPY", True)
 MAX_BATCH_SIZE = _int("CIFAR2_MAX_BATCH_SIZE", 1024)
 # BentoML sheds (503) a queued request that cannot finish within this; keep it well above
 # the p99 we aim for so that only real overload is rejected.

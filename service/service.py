@@ -20,7 +20,7 @@ import bentoml
 import numpy as np
 from starlette.exceptions import HTTPException
 
-from service import config, info, serde
+from service import config, fastpath, info, serde
 from service.batcher import MicroBatcher
 from service.errors import BadInput
 from service.images import decode_images
@@ -69,10 +69,14 @@ class CIFAR2:
         self.batchers = {key: MicroBatcher(m.probs, config.MAX_BATCH_SIZE, config.BATCHING)
                          for key, m in self.models.items()}
 
+    @property
+    def ready(self) -> bool:
+        return self.error is None and len(self.models) == len(MODEL_KEYS)
+
     def __is_ready__(self) -> bool:
         if self.error:
             raise HTTPException(status_code=503, detail=f"not ready: {self.error}")
-        return len(self.models) == len(MODEL_KEYS)
+        return self.ready
 
     @bentoml.api(route="/classify")
     async def classify(self, images: list[Path] = [],  # noqa: B006 (pydantic copies it)
@@ -128,7 +132,7 @@ class CIFAR2:
 
         return {
             "service": "cifar2",
-            "ready": self.error is None and len(self.models) == len(MODEL_KEYS),
+            "ready": self.ready,
             "error": self.error,
             "device": config.DEVICE,
             "models": {k: m.card() for k, m in self.models.items()},
@@ -136,10 +140,12 @@ class CIFAR2:
             "warmup_ms": self.warmup_ms,
             "batching": {
                 "enabled": config.BATCHING, "max_batch_size": config.MAX_BATCH_SIZE,
-                "max_latency_ms": config.MAX_LATENCY_MS,
-                "predict": "BentoML adaptive batching; batch sizes in /metrics "
-                           "(bentoml_service_adaptive_batch_size)",
-                "classify_compare": {k: b.stats() for k, b in self.batchers.items()},
+                "max_latency_ms": config.MAX_LATENCY_MS, "fast_npy_predict": config.FAST_NPY,
+                "bentoml_adaptive": "/predict with JSON or multipart (and .npy bodies when "
+                                    "fast_npy_predict is off); batch sizes in /metrics as "
+                                    "bentoml_service_adaptive_batch_size",
+                # Natural batching (service.batcher): /classify, /compare, .npy /predict.
+                "natural": {k: b.stats() for k, b in self.batchers.items()},
             },
             "limits": {"max_body_bytes": config.MAX_BODY_BYTES, "max_images": config.MAX_IMAGES,
                        "max_in_flight_per_worker": config.MAX_IN_FLIGHT,
@@ -158,6 +164,8 @@ for _api in CIFAR2.apis.values():
 CIFAR2.add_asgi_middleware(info.InfoRoute)
 CIFAR2.add_asgi_middleware(RequestLimits, max_body_bytes=config.MAX_BODY_BYTES,
                            max_in_flight=config.MAX_IN_FLIGHT)
+if config.FAST_NPY:
+    CIFAR2.add_asgi_middleware(fastpath.NpyPredictRoute)
 
 
 def _predictions(probs: np.ndarray, classes: list[str]) -> list[dict]:
