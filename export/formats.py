@@ -153,7 +153,9 @@ def load_runners(artifact_dir: Path, cuda: bool = True) -> tuple[dict[str, Runne
     runners = {"torchscript": load_torchscript(artifact_dir / FILES["torchscript"]),
                "torch_export": load_pt2(artifact_dir / FILES["torch_export"])}
     runners["onnxruntime_cpu"], provider = load_onnx(artifact_dir / FILES["onnx"], "cpu")
-    providers, skipped = {"onnxruntime_cpu": provider}, {}
+    providers = {"torchscript": "PyTorch CPU", "torch_export": "PyTorch CPU",
+                 "onnxruntime_cpu": provider}
+    skipped = {}
     if cuda:
         try:
             runners["onnxruntime_cuda"], providers["onnxruntime_cuda"] = load_onnx(

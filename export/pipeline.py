@@ -110,9 +110,8 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path | None = None,
     runners, runtime = formats.load_runners(out_dir)
     results = {}
     for fmt, run in runners.items():
-        results[fmt] = check_format(fmt, run, batches, references)
-        if fmt in runtime["providers"]:
-            results[fmt]["provider"] = runtime["providers"][fmt]
+        results[fmt] = {**check_format(fmt, run, batches, references),
+                        "provider": runtime["providers"][fmt]}
     if runtime["providers"].get("onnxruntime_cuda") == CUDA:
         torch.backends.cuda.matmul.allow_tf32 = False  # no TF32 anywhere near a GPU reference
         torch.backends.cudnn.allow_tf32 = False

@@ -62,9 +62,8 @@ def verify(folder: Path) -> dict:
         raise ArtifactError("the seeded random inputs differ from those at export time "
                             "(another numpy?); re-run `python -m export <checkpoint>`")
     runners, runtime = formats.load_runners(folder)
-    results = {fmt: check_format(fmt, run, batches, references) for fmt, run in runners.items()}
-    for fmt, provider in runtime["providers"].items():
-        results[fmt]["provider"] = provider
+    results = {fmt: {**check_format(fmt, run, batches, references),
+                     "provider": runtime["providers"][fmt]} for fmt, run in runners.items()}
     if (folder / FP16_FILE).is_file() and runtime["providers"].get("onnxruntime_cuda") == CUDA:
         run16, provider = formats.load_onnx(folder / FP16_FILE, "cuda")
         results["onnxruntime_cuda_fp16"] = {
