@@ -71,7 +71,9 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: no such checkpoint file (train one with `python -m models.train`)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, OSError) as e:
+    # The weights_only unpickler raises KeyError, IndexError, ... on some non-pickle bytes.
+    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, OSError,
+            KeyError, IndexError, ValueError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"{path}: not a readable cifar2 checkpoint ({first[:200]}); "
