@@ -59,6 +59,18 @@ def test_one_changed_torchscript_weight_fails_verify(artifact):
     assert "torchscript: batch random size 1: max |Δlogits|" in result["failures"][0]
 
 
+def test_one_changed_torch_export_weight_fails_verify(artifact):
+    program = torch.export.load(str(artifact / "model.pt2"))
+    with torch.no_grad():
+        program.state_dict["model.fc2.weight"][0, 0] += 0.5
+    torch.export.save(program, str(artifact / "model.pt2"))
+
+    result = verify(artifact)
+    assert not result["formats"]["torch_export"]["passed"]
+    assert result["formats"]["torchscript"]["passed"]
+    assert result["changed_files"] == ["model.pt2"]
+
+
 @pytest.mark.parametrize("name", FILES)
 def test_truncated_file_is_a_clear_error(artifact, capsys, name):
     path = artifact / name
