@@ -283,3 +283,21 @@ def test_cuda_device_without_gpu_fails_readiness_clearly(store, tmp_path):
         assert info["ready"] is False and "CUDA" in info["error"] and info["models"] == {}
     finally:
         stop(proc)
+
+
+def test_client_cli(server, tmp_path, capsys):
+    from service.client import main
+
+    url = str(server.base_url).rstrip("/")
+    a, b, bad = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "bad.png"
+    a.write_bytes(png())
+    b.write_bytes(png((20, 20, 220), (64, 48)))
+    bad.write_bytes(b"nope")
+    assert main([str(a), str(b), "--url", url, "--model", "dense"]) == 0
+    out = capsys.readouterr().out
+    assert "cifar2-dense:" in out and "a.png" in out and "b.png" in out
+    assert main([str(a), "--compare", "--url", url]) == 0
+    assert "agreement" in capsys.readouterr().out
+    assert main([str(a), str(bad), "--url", url]) == 2
+    assert "image 1" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing.png"), "--url", url]) == 2
