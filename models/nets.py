@@ -111,6 +111,40 @@ class NetResDeep(nn.Module):
         return self.fc2(out)
 
 
+class ConvGroup(nn.Module):
+    """conv -> 2x2 max-pool -> BN -> ReLU -> conv -> BN -> ReLU: pooling right after the first
+    conv keeps most of the compute at low resolution (the airbench layout)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, kernel_size=3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(F.max_pool2d(self.conv1(x), 2)))
+        return torch.relu(self.bn2(self.conv2(x)))
+
+
+class NetFast(nn.Module):
+    """The fast recipe's convnet (under 100k params): a BN + ReLU stem and three ConvGroups
+    (32 -> 16 -> 8 -> 4 pixels), global max-pool, one linear layer."""
+
+    def __init__(self, widths: tuple[int, ...] = (24, 40, 64)):
+        super().__init__()
+        self.stem = nn.Conv2d(3, widths[0], kernel_size=3, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(widths[0])
+        self.groups = nn.Sequential(
+            *(ConvGroup(c_in, c_out) for c_in, c_out in zip((widths[0],) + tuple(widths[:-1]), widths))
+        )
+        self.fc = nn.Linear(widths[-1], N_CLASSES)
+
+    def forward(self, x):
+        x = self.groups(torch.relu(self.stem_bn(self.stem(x))))
+        return self.fc(torch.amax(x, dim=(2, 3)))
+
+
 # name -> (constructor, default constructor args). The args are stored in the checkpoint, so a
 # checkpoint rebuilds its model with ``build(ckpt["model"], **ckpt["model_args"])`` alone.
 MODELS: dict[str, tuple[Callable[..., nn.Module], dict]] = {
@@ -123,6 +157,8 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], dict]] = {
     "net_depth": (NetDepth, {"n_chans1": 32}),
     "net_res": (NetDepth, {"n_chans1": 32, "residual": True}),
     "net_resdeep": (NetResDeep, {"n_chans1": 32, "n_blocks": 100}),
+    # Not in the book: the fast recipe's default model (see models/recipes.py).
+    "net_fast": (NetFast, {"widths": (24, 40, 64)}),
 }
 
 

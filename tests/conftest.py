@@ -91,3 +91,21 @@ def exported(tmp_path_factory):
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def trained_run(image_folder, tmp_path_factory):
+    """``(completed process, out dir)`` of one real ``python -m models.train --model net
+    --epochs 1`` on the synthetic folder: out/net.pt and out/net.json, shared by the tests."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("runs")
+    env = {k: v for k, v in os.environ.items() if k != "CIFAR2_DATA"}
+    env["CIFAR2_CACHE"] = str(out / "cache")
+    proc = subprocess.run(
+        [sys.executable, "-m", "models.train", "--model", "net", "--epochs", "1", "--seed", "1",
+         "--data-dir", str(image_folder), "--out", str(out), "--device", "cpu", "--threads", "1"],
+        cwd=Path(__file__).resolve().parents[1], env=env, check=False, capture_output=True,
+        text=True, timeout=300)
+    return proc, out
