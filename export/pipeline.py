@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -87,43 +88,40 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path | None = None,
     (out_dir / card.PARITY).unlink(missing_ok=True)
     (out_dir / formats.FP16_FILE).unlink(missing_ok=True)
 
-    seconds = {}
+    seconds: dict[str, float] = {}
     steps = tqdm(total=4, desc=f"export {ckpt['model']}", unit="step", disable=not progress,
                  leave=False)
-    t = time.perf_counter()
-    program = formats.export_program(graph)
-    formats.write_pt2(program, out_dir / formats.FILES["torch_export"])
-    seconds["torch_export"] = time.perf_counter() - t
-    steps.update()
-    t = time.perf_counter()
-    formats.write_onnx(graph, out_dir / formats.FILES["onnx"], program)
-    seconds["onnx"] = time.perf_counter() - t
-    steps.update()
-    t = time.perf_counter()
-    formats.write_torchscript(graph, out_dir / formats.FILES["torchscript"])
-    seconds["torchscript"] = time.perf_counter() - t
-    steps.update()
 
-    t = time.perf_counter()
-    batches, inputs = parity_batches(data_dir, batch_sizes)
-    references = [eager(graph, b.images) for b in batches]
-    runners, runtime = formats.load_runners(out_dir)
-    results = {}
-    for fmt, run in runners.items():
-        results[fmt] = {**check_format(fmt, run, batches, references),
-                        "provider": runtime["providers"][fmt]}
-    if runtime["providers"].get("onnxruntime_cuda") == CUDA:
-        torch.backends.cuda.matmul.allow_tf32 = False  # no TF32 anywhere near a GPU reference
-        torch.backends.cudnn.allow_tf32 = False
-        try:
-            results["onnxruntime_cuda_fp16"] = fp16_check(model, ckpt, out_dir, batches,
-                                                           references)
-        except RuntimeUnavailable as e:
-            runtime["skipped"]["onnxruntime_cuda_fp16"] = str(e)
-    else:
-        runtime["skipped"]["onnxruntime_cuda_fp16"] = "needs ONNX Runtime on CUDA"
-    seconds["parity"] = time.perf_counter() - t
-    steps.update()
+    @contextlib.contextmanager
+    def step(name: str):
+        t = time.perf_counter()
+        yield
+        seconds[name] = round(time.perf_counter() - t, 3)
+        steps.update()
+
+    with step("torch_export"):
+        program = formats.export_program(graph)
+        formats.write_pt2(program, out_dir / formats.FILES["torch_export"])
+    with step("onnx"):
+        formats.write_onnx(graph, out_dir / formats.FILES["onnx"], program)
+    with step("torchscript"):
+        formats.write_torchscript(graph, out_dir / formats.FILES["torchscript"])
+    with step("parity"):
+        batches, inputs = parity_batches(data_dir, batch_sizes)
+        references = [eager(graph, b.images) for b in batches]
+        runners, runtime = formats.load_runners(out_dir)
+        results = {fmt: {**check_format(fmt, run, batches, references),
+                         "provider": runtime["providers"][fmt]} for fmt, run in runners.items()}
+        if runtime["providers"].get("onnxruntime_cuda") == CUDA:
+            torch.backends.cuda.matmul.allow_tf32 = False  # no TF32 near a GPU comparison
+            torch.backends.cudnn.allow_tf32 = False
+            try:
+                results["onnxruntime_cuda_fp16"] = fp16_check(model, ckpt, out_dir, batches,
+                                                               references)
+            except RuntimeUnavailable as e:
+                runtime["skipped"]["onnxruntime_cuda_fp16"] = str(e)
+        else:
+            runtime["skipped"]["onnxruntime_cuda_fp16"] = "needs ONNX Runtime on CUDA"
     steps.close()
 
     n_random = sum(1 for b in batches if b.name == "random")
@@ -136,7 +134,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path | None = None,
         "reference": {"runtime": "eager PyTorch float32 CPU", "torch": str(torch.__version__),
                       "random": pack_reference(references[:n_random])},
         "inputs": inputs,
-        "export_seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "export_seconds": seconds,
     }
     failures = [r["failure"] for r in results.values() if not r["passed"]]
     if failures:
