@@ -30,16 +30,7 @@ from models.checkpoint import CheckpointError, load_checkpoint, model_from_check
 def load_model(ckpt_path: Path):
     """The checkpoint (weights_only) and its eval-mode model. Raises CheckpointError, or
     UnknownModelError for a model name the zoo does not have."""
-    try:
-        ckpt = load_checkpoint(ckpt_path)
-    except CheckpointError:
-        raise
-    # torch's weights_only unpickler raises KeyError, IndexError, ... on some non-pickle bytes
-    # that load_checkpoint does not list; to a user they all mean "not our checkpoint".
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{ckpt_path}: not a readable cifar2 checkpoint "
-                              f"({type(e).__name__}); only files written by "
-                              "`python -m models.train` are accepted") from None
+    ckpt = load_checkpoint(ckpt_path)
     try:
         model = model_from_checkpoint(ckpt)
     except (RuntimeError, TypeError) as e:  # state_dict or constructor args do not fit the model
