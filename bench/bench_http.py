@@ -171,13 +171,47 @@ def main() -> None:
         finally:
             stop(proc)
     bar.close()
+    model_only = ort_images_per_s()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_http.json").write_text(json.dumps(
         {"machine": machine(), "duration_s": args.duration, "repeat": args.repeat,
-         "results": results}, indent=1))
+         "model_only_images_per_s": model_only, "results": results}, indent=1))
     print(table(results))
+    print(f"\nmodel only (ORT in-process, batch 1024, 2 threads, no HTTP): "
+          f"{model_only:,.0f} images/s")
     plot(results, args.out / "bench_http.png")
     print(f"\nwrote {args.out / 'bench_http.json'} and {args.out / 'bench_http.png'}")
+
+
+def ort_images_per_s(seconds: float = 3.0) -> float:
+    """The compute bound for bulk /predict: the served convnet's ONNX file run in-process on
+    two threads (one per core, as the two workers do), batch 1024, no HTTP at all."""
+    import threading
+
+    import bentoml
+
+    from service.runtime import open_serving_session
+
+    path = bentoml.models.get(os.environ.get("CIFAR2_CONVNET", "cifar2-net:latest")).path_of(
+        "model.onnx")
+    session, _ = open_serving_session(path, "cpu", 1)
+    x = np.random.default_rng(0).integers(0, 256, (1024, 3, 32, 32), dtype=np.uint8)
+    session.run(["probs"], {"images": x})
+    counts = [0, 0]
+
+    def work(i: int) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            session.run(["probs"], {"images": x})
+            counts[i] += len(x)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
 
 
 def table(results: list[dict]) -> str:

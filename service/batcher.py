@@ -2,7 +2,9 @@
 
 Natural batching: no timer. A request that arrives while the model is idle runs at once; the
 requests that arrive while a batch is running go together into the next one. Low load costs no
-added latency, high load gets big batches. Requests are never split.
+added latency, high load gets big batches. Requests are never split. Up to ``concurrency``
+batches run at once (ORT sessions are thread-safe), so two big requests landing in the same
+worker use both cores instead of queueing behind each other.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import numpy as np
 
 
 class MicroBatcher:
-    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], max_batch: int, enabled=True):
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], max_batch: int, enabled=True,
+                 concurrency: int = 2):
         self.fn = fn
         self.max_batch = max_batch
         self.enabled = enabled
+        self.concurrency = max(1, concurrency)
         self.pending: collections.deque = collections.deque()
-        self.task: asyncio.Task | None = None
+        self.tasks: set[asyncio.Task] = set()
         self.batch_sizes: collections.Counter = collections.Counter()  # requests per ORT call
 
     async def __call__(self, images: np.ndarray) -> tuple[np.ndarray, float]:
@@ -30,8 +34,10 @@ class MicroBatcher:
             return await self._run([images])
         future = asyncio.get_running_loop().create_future()
         self.pending.append((images, future))
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._drain())
+        if len(self.tasks) < self.concurrency:
+            task = asyncio.create_task(self._drain())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
         return await future
 
     async def _drain(self) -> None:

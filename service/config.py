@@ -48,6 +48,8 @@ BATCHING = _flag("CIFAR2_BATCHING", True)
 # Raw .npy /predict bodies skip BentoML's IO layer (service/fastpath.py); off = BentoML path.
 FAST_NPY = _flag("CIFAR2_FAST_NPY", True)
 MAX_BATCH_SIZE = _int("CIFAR2_MAX_BATCH_SIZE", 1024)
+# Model calls in flight at once per worker and model (natural batching, service/batcher.py).
+BATCH_CONCURRENCY = _int("CIFAR2_BATCH_CONCURRENCY", 2)
 # BentoML sheds (503) a queued request that cannot finish within this; keep it well above
 # the p99 we aim for so that only real overload is rejected.
 MAX_LATENCY_MS = _int("CIFAR2_MAX_LATENCY_MS", 1000)

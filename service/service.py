@@ -66,7 +66,8 @@ class CIFAR2:
         except Exception as e:  # noqa: BLE001 - readiness reports it; the process stays up
             self.error = f"{type(e).__name__}: {e}"
             logger.error("cifar2 service is NOT ready: %s", self.error)
-        self.batchers = {key: MicroBatcher(m.probs, config.MAX_BATCH_SIZE, config.BATCHING)
+        self.batchers = {key: MicroBatcher(m.probs, config.MAX_BATCH_SIZE, config.BATCHING,
+                                           config.BATCH_CONCURRENCY)
                          for key, m in self.models.items()}
 
     @property
@@ -141,6 +142,7 @@ class CIFAR2:
             "batching": {
                 "enabled": config.BATCHING, "max_batch_size": config.MAX_BATCH_SIZE,
                 "max_latency_ms": config.MAX_LATENCY_MS, "fast_npy_predict": config.FAST_NPY,
+                "concurrent_batches": config.BATCH_CONCURRENCY,
                 "bentoml_adaptive": "/predict with JSON or multipart (and .npy bodies when "
                                     "fast_npy_predict is off); batch sizes in /metrics as "
                                     "bentoml_service_adaptive_batch_size",
