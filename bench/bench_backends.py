@@ -30,6 +30,7 @@ from tqdm import tqdm
 from export import formats
 from export.graph import serving_graph
 from export.pipeline import eager, export_checkpoint, load_model
+from export.runtime import open_session, run_session
 from models.checkpoint import make_checkpoint, save_checkpoint
 from models.nets import build, model_args
 
@@ -54,7 +55,7 @@ def flops_per_image(model: torch.nn.Module) -> int:
     return counter.get_total_flops()
 
 
-def cpu_peak_flops() -> tuple[float, str]:
+def cpu_peak_flops(cores: int) -> tuple[float, str]:
     """cores x GHz x FP32 FLOPs/cycle/core. FLOPs/cycle: 2 FMA pipes x (16 lanes with AVX-512,
     8 with AVX2) x 2 (an FMA is a multiply and an add) = 64 or 32; 8 with neither."""
     flags, mhz = set(), 0.0
@@ -80,7 +81,6 @@ def cpu_peak_flops() -> tuple[float, str]:
         per_cycle, isa = 32, "AVX2 FMA"
     else:
         per_cycle, isa = 8, "SSE"
-    cores = os.cpu_count() or 1
     peak = cores * mhz * 1e6 * per_cycle
     return peak, (f"{cores} cores x {mhz / 1000:.2f} GHz x {per_cycle} FP32 FLOPs/cycle "
                   f"({isa}, 2 FMA pipes) = {peak / 1e9:.0f} GFLOP/s")
@@ -99,7 +99,8 @@ def images_per_second(run, images: np.ndarray, seconds: float) -> float:
     return statistics.median(windows)
 
 
-def bench_model(name: str, batches: list[int], seconds: float, tmp: Path, peak: float) -> dict:
+def bench_model(name: str, batches: list[int], seconds: float, tmp: Path, peak: float,
+                threads: int) -> dict:
     ckpt_path, source = checkpoint_for(name, tmp)
     t0 = time.perf_counter()
     out, parity = export_checkpoint(ckpt_path, tmp / name, progress=False)
@@ -107,6 +108,9 @@ def bench_model(name: str, batches: list[int], seconds: float, tmp: Path, peak: 
     ckpt, model = load_model(ckpt_path)
     graph = serving_graph(model, ckpt)
     runners, _ = formats.load_runners(out, cuda=False)
+    # ORT gets the same thread count as torch (set in main), so the backends are comparable.
+    sess, _ = open_session(out / formats.FILES["onnx"], "cpu", threads=threads)
+    runners["onnxruntime_cpu"] = lambda x: run_session(sess, x)
     runners["eager"] = lambda x: eager(graph, x)
     flops = flops_per_image(model)
     rows = []
@@ -167,15 +171,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", nargs="+", default=["net", "dense"])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 64, 512])
     p.add_argument("--seconds", type=float, default=2.0, help="timed seconds per cell")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="threads for torch and ONNX Runtime (default: all cores); the ceiling "
+                        "counts this many cores")
     p.add_argument("--out", type=Path, default=Path("docs"))
     args = p.parse_args(argv)
 
-    peak, how = cpu_peak_flops()
+    torch.set_num_threads(args.threads)
+    peak, how = cpu_peak_flops(args.threads)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        results = [bench_model(m, args.batches, args.seconds, Path(tmp), peak)
+        results = [bench_model(m, args.batches, args.seconds, Path(tmp), peak, args.threads)
                    for m in args.models]
-    print(f"CPU: {platform.processor() or platform.machine()}, {how}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; ceiling "
+          f"{how}; torch {torch.__version__}, {args.threads} threads (torch and ORT); "
+          f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     for r in results:
         print(f"{r['model']}: checkpoint {r['checkpoint']}, parity passed: {r['parity_passed']}, "
               f"export steps (s): {r['export_steps']}")
@@ -184,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     plot(results, args.out / "bench_backends.png")
     (args.out / "bench_backends.json").write_text(json.dumps(
-        {"cpu_peak": how, "results": results}, indent=2) + "\n")
+        {"cpu_peak": how, "threads": args.threads, "results": results}, indent=2) + "\n")
     print(f"\nwrote {args.out / 'bench_backends.png'} and {args.out / 'bench_backends.json'}")
 
 
