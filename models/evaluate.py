@@ -1,6 +1,7 @@
 """Compare trained checkpoints with the book: a markdown table and a bar chart.
 
-    python -m models.evaluate runs/*.pt runs/fast/*.pt [--data-dir DIR] [--plot docs/accuracy_comparison.png]
+    python -m models.evaluate runs/*.pt runs/fast/*.pt [--data-dir DIR] \
+        [--plot docs/accuracy_comparison.png] [--curves docs/val_curves.png]
 
 With data available (--data-dir, $CIFAR2_DATA, or the cached download) each checkpoint is
 re-evaluated on the test split; that ``val_acc (re-eval)`` number is the one the HTTP accuracy
@@ -87,7 +88,7 @@ def plot(rows: list[dict], path: Path) -> None:
     labels = [f"{r['model']}\n({r['recipe']})" for r in rows]
     xs = range(len(rows))
     w = 0.2
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows)), 5))
     ax.bar([x - 1.5 * w for x in xs], [r["train_acc"] or 0 for r in rows], w, label="train (ours)")
     ax.bar([x - 0.5 * w for x in xs], [r["val_acc"] or 0 for r in rows], w, label="val (ours)")
     ax.bar([x + 0.5 * w for x in xs], [(r["book"] or (0, 0))[0] for r in rows], w, hatch="//",
@@ -98,7 +99,32 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_ylim(0.7, 1.0)
     ax.set_ylabel("accuracy")
     ax.set_title("CIFAR-2: accuracy per model (ours vs the book)")
-    ax.legend(fontsize=8, ncol=4, loc="lower center")
+    ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.15))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(paths: list[Path], path: Path) -> None:
+    """Validation accuracy per epoch of every checkpoint, from its recorded history."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for p in paths:
+        ckpt = load_checkpoint(p)
+        hist = ckpt["metrics"].get("history", [])
+        ax.plot([h["epoch"] for h in hist], [h["val_acc"] for h in hist],
+                label=f"{ckpt['model']} ({ckpt['recipe'].get('name', '?')})")
+    ax.set_xscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val accuracy")
+    ax.set_ylim(0.6, 1.0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("CIFAR-2: validation accuracy per epoch")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -111,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="ImageFolder tree (default: $CIFAR2_DATA, else download)")
     p.add_argument("--no-data", action="store_true", help="skip the re-evaluation on the test split")
     p.add_argument("--plot", type=Path, default=Path("runs/accuracy_comparison.png"))
+    p.add_argument("--curves", type=Path, help="also plot val accuracy per epoch to this PNG")
     a = p.parse_args(argv)
     test = None
     if not a.no_data:
@@ -127,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(rows))
     plot(rows, a.plot)
     print(f"\nchart: {a.plot}")
+    if a.curves:
+        plot_curves(a.checkpoints, a.curves)
+        print(f"curves: {a.curves}")
     return 0
 
 
