@@ -281,6 +281,10 @@ def test_cuda_device_without_gpu_fails_readiness_clearly(store, tmp_path):
         assert r.status_code == 503 and "CUDA" in r.text, r.text
         info = httpx.get(f"{url}/info", timeout=10).json()
         assert info["ready"] is False and "CUDA" in info["error"] and info["models"] == {}
+        r = httpx.post(f"{url}/classify", files=files(png()), timeout=10)
+        assert r.status_code == 503 and "CUDA" in r.json()["error"] and r.headers["retry-after"]
+        r = httpx.post(f"{url}/predict", json={"images": X[:1].tolist()}, timeout=10)
+        assert r.status_code == 503
     finally:
         stop(proc)
 
