@@ -1,7 +1,7 @@
 """Put a checked artifact folder into the BentoML model store as ``cifar2-<model>``.
 
     python -m export runs/net.pt --register          # export, gate, then register
-    BENTOML_HOME=/tmp/store python -m export ...      # another store, as BentoML does
+    BENTOML_HOME=$PWD/bentoml_home python -m export ...   # another store, as BentoML does
 
 Only a folder whose parity.json says ``passed`` is stored, and its files must still be the
 ones model.json describes; anything else is refused with RegisterError.
