@@ -138,7 +138,7 @@ def main() -> None:
     for mode in ("on", "off"):
         plan[f"batching {mode}"] = [("predict", "npy1", args.concurrency),
                                     ("classify", "png1", args.concurrency),
-                                    ("predict", "npy1024", [1, 2])]
+                                    ("predict", "npy1024", [1, 2, 4])]
     # The same .npy requests through BentoML's own IO layer and CorkDispatcher.
     plan["bentoml path"] = [("predict", "npy1", args.concurrency)]
     runs = sum(len(c) for v in plan.values() for _, _, c in v) * args.repeat
