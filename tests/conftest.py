@@ -75,7 +75,7 @@ def untrained_checkpoint(name: str, path: Path, seed: int = 0) -> Path:
 def exported(tmp_path_factory):
     """``exported(name) -> (checkpoint, artifact folder, parity)``: each zoo model's untrained
     checkpoint exported once per session (in-process, random parity inputs) and then shared.
-    The random batches stop at 256 to keep the suite fast; the CLI tests run the full gate.
+    The random batches stop at 64 to keep the suite fast; the CLI tests run the full gate.
     Tests that damage files copy the folder first."""
     from export.pipeline import export_checkpoint
 
@@ -86,7 +86,7 @@ def exported(tmp_path_factory):
         if name not in cache:
             ckpt = untrained_checkpoint(name, root / f"{name}.pt")
             out, parity = export_checkpoint(ckpt, root / name, progress=False,
-                                            batch_sizes=(1, 2, 7, 64, 256))
+                                            batch_sizes=(1, 2, 7, 64))
             cache[name] = (ckpt, out, parity)
         return cache[name]
 

@@ -31,7 +31,7 @@ def test_every_zoo_model_exports_and_passes_parity(exported, name):
         assert r["argmax_agreement"] == 1.0
         assert r["max_probs_sum_err"] <= TOLERANCES["probs_sum_abs"]
         # Every batch size asked for was run, the odd ones included.
-        assert sorted(int(k.split(":")[1]) for k in r["batches"]) == [1, 2, 7, 64, 256]
+        assert sorted(int(k.split(":")[1]) for k in r["batches"]) == [1, 2, 7, 64]
     assert parity["formats"]["onnxruntime_cpu"]["provider"] == "CPUExecutionProvider"
     card = json.loads((out / "model.json").read_text())
     assert card["model"] == name and card["checkpoint_sha256"] == sha256_of(ckpt)
@@ -108,10 +108,10 @@ def test_real_test_images_join_the_gate(image_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("CIFAR2_CACHE", str(tmp_path / "cache"))
     ckpt = untrained_checkpoint("net", tmp_path / "net.pt")
     _, parity = export_checkpoint(ckpt, tmp_path / "net", data_dir=image_folder,
-                                  progress=False, batch_sizes=(1, 2, 7, 64, 256))
+                                  progress=False, batch_sizes=(1, 2, 7, 64))
     assert parity["passed"] and parity["inputs"]["test_images"]["images"] == 32
     assert parity["formats"]["onnxruntime_cpu"]["batches"]["test:32"]["passed"]
-    assert parity["formats"]["onnxruntime_cpu"]["images"] == 330 + 32
+    assert parity["formats"]["onnxruntime_cpu"]["images"] == 74 + 32
 
 
 def test_torchscript_files_load_without_deprecation_warnings(exported, recwarn):
