@@ -91,7 +91,7 @@ def check_format(fmt: str, run: Runner, batches: list[Batch], references: list[O
     """Run ``fmt`` on every batch and compare with its reference. Argmax agreement is pooled
     over all images (the fp16 bar of 99.9% is a rate, not a per-batch rule)."""
     per_batch, abs_all, rel_all, agree, total = {}, [], [], 0.0, 0
-    failure = None
+    failing: list[tuple[float, str]] = []  # (worst |Δlogits|, message) per failing batch
     for batch, ref in zip(batches, references):
         try:
             stats = compare(ref, run(batch.images), fp16=fp16)
@@ -111,16 +111,22 @@ def check_format(fmt: str, run: Runner, batches: list[Batch], references: list[O
         failures = dict(stats.pop("_failures"))
         if fp16:
             failures.pop("argmax", None)
-        if failures and failure is None:
-            failure = (f"{fmt}: batch {batch.name} size {len(batch.images)}: "
-                       + "; ".join(failures.values()))
+        if failures:
+            failing.append((stats.get("max_abs", float("inf")),
+                            f"{fmt}: batch {batch.name} size {len(batch.images)}: "
+                            + "; ".join(failures.values())))
     abs_d = np.concatenate(abs_all) if abs_all else np.array([np.inf])
     rel_d = np.concatenate(rel_all) if rel_all else np.array([np.inf])
     agreement = agree / total if total else 0.0
     tol = FP16_TOLERANCES if fp16 else TOLERANCES
-    if failure is None and agreement < tol["argmax_agreement"]:
-        failure = f"{fmt}: argmax agreement {agreement:.4%} < {tol['argmax_agreement']:.1%} " \
-                  f"over {total} images"
+    failure = None
+    if failing:  # name the batch with the worst difference, and how many others failed
+        failure = max(failing, key=lambda f: f[0])[1]
+        if len(failing) > 1:
+            failure += f" (worst of {len(failing)} failing batches)"
+    elif agreement < tol["argmax_agreement"]:
+        failure = (f"{fmt}: argmax agreement {agreement:.4%} < {tol['argmax_agreement']:.1%} "
+                   f"over {total} images")
     result = {
         "passed": failure is None,
         "max_abs": float(abs_d.max()), "p99_abs": float(np.percentile(abs_d, 99)),
