@@ -74,13 +74,9 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path | None = None,
     ckpt, model = load_model(ckpt_path)
     out_dir = Path(out_dir) if out_dir is not None else Path("artifacts") / ckpt["model"]
     graph = serving_graph(model, ckpt)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # A stale passing parity.json next to new files would let a failed export be registered.
-    (out_dir / card.PARITY).unlink(missing_ok=True)
-    (out_dir / formats.FP16_FILE).unlink(missing_ok=True)
 
     seconds: dict[str, float] = {}
-    steps = tqdm(total=4, desc=f"export {ckpt['model']}", unit="step", disable=not progress,
+    steps = tqdm(total=5, desc=f"export {ckpt['model']}", unit="step", disable=not progress,
                  leave=False)
 
     @contextlib.contextmanager
@@ -90,6 +86,12 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path | None = None,
         seconds[name] = round(time.perf_counter() - t, 3)
         steps.update()
 
+    with step("inputs"):  # first, so that a bad --data-dir fails before anything is written
+        batches, inputs = parity_batches(data_dir, batch_sizes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # A stale passing parity.json next to new files would let a failed export be registered.
+    (out_dir / card.PARITY).unlink(missing_ok=True)
+    (out_dir / formats.FP16_FILE).unlink(missing_ok=True)
     with step("torch_export"):
         program = formats.export_program(graph)
         formats.write_pt2(program, out_dir / formats.FILES["torch_export"])
@@ -98,7 +100,6 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path | None = None,
     with step("torchscript"):
         formats.write_torchscript(graph, out_dir / formats.FILES["torchscript"])
     with step("parity"):
-        batches, inputs = parity_batches(data_dir, batch_sizes)
         references = [eager(graph, b.images) for b in batches]
         runners, runtime = formats.load_runners(out_dir)
         results = {fmt: {**check_format(fmt, run, batches, references),
