@@ -82,7 +82,11 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path | None = None,
     @contextlib.contextmanager
     def step(name: str):
         t = time.perf_counter()
-        yield
+        try:
+            yield
+        except BaseException:
+            steps.close()  # clear the bar, so the error message stands alone
+            raise
         seconds[name] = round(time.perf_counter() - t, 3)
         steps.update()
 

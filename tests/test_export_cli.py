@@ -170,6 +170,7 @@ def test_weights_that_do_not_fit_the_model(capsys, tmp_path):
 
 def test_bad_data_dir_fails_before_writing(capsys, tmp_path):
     ckpt = untrained_checkpoint("net", tmp_path / "net.pt")
-    err = expect_exit_2(capsys, ckpt, "--out", tmp_path / "art", "--data-dir", tmp_path / "none")
+    err = expect_exit_2(capsys, ckpt, "--out", tmp_path / "art", "--data-dir", tmp_path / "none",
+                        "--quiet")
     assert "data dir does not exist" in err
     assert not (tmp_path / "art").exists()
