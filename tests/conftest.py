@@ -109,3 +109,13 @@ def trained_run(image_folder, tmp_path_factory):
         cwd=Path(__file__).resolve().parents[1], env=env, check=False, capture_output=True,
         text=True, timeout=300)
     return proc, out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one CPU thread for a test module, restored afterwards: on a busy 2-core machine
+    two OpenMP threads per process oversubscribe the cores and small models train ~4x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from models.checkpoint import (
@@ -16,6 +17,8 @@ from models.checkpoint import (
 from models.data import load_split
 from models.evaluate import BOOK, accuracy
 from models.nets import build, model_args
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +44,7 @@ def test_evaluate_reevaluates_and_plots(trained_run, image_folder, tmp_path):
     assert proc.returncode == 0, proc.stderr
     net = runs / "net.pt"
     env = {k: v for k, v in os.environ.items() if k != "CIFAR2_DATA"}
-    env["CIFAR2_CACHE"] = str(tmp_path / "cache")
+    env.update(CIFAR2_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     png = tmp_path / "chart.png"
     proc = subprocess.run(
         [sys.executable, "-m", "models.evaluate", str(net),

@@ -5,6 +5,8 @@ import torch
 
 from models.nets import MODELS, UnknownModelError, build, count_params, model_args
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # The book's parameter counts (issue 2); net_fast is ours and must stay under 100k.
 BOOK_PARAMS = {
     "dense": 1_574_402, "dense_deep": 3_737_474, "net": 18_090, "net_width": 38_386,

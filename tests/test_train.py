@@ -11,6 +11,8 @@ from models.data import load_cifar2
 from models.recipes import RECIPES, recipe_for
 from models.train import augment, lr_factor, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
