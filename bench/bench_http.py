@@ -1,12 +1,14 @@
 """HTTP load benchmark of the service with wrk, next to a raw-uvicorn ceiling in the same run.
 
-    python -m bench.bench_http                     # ~6 min; table + docs/bench_http.png
+    python -m bench.bench_http                     # ~10 min; table + docs/bench_http.png
     python -m bench.bench_http --duration 5 --repeat 1 --concurrency 1 32
     BENTOML_HOME=/tmp/home python -m bench.bench_http --out /tmp/b
 
 Starts `bentoml serve` itself three times: batching on (the defaults), batching off
 (CIFAR2_BATCHING=off), and the BentoML path for .npy bodies (CIFAR2_FAST_NPY=off), and
-bench/raw_asgi.py (the ceiling: uvicorn, no framework, no model, same request bodies).
+bench/raw_asgi.py (the ceiling: uvicorn, no framework, no model, same request bodies), which
+stays up on the next port: each single-image /predict run is paired with a ceiling run right
+before it, so "% of ceiling" compares runs that saw the same load from other jobs.
 Single-image /predict (.npy body) and /classify (multipart PNG) at each concurrency, plus bulk
 /predict with 1024 images per request. With --repeat N every cell is the median of N runs.
 Needs wrk (`apt-get install wrk`) and cifar2-net / cifar2-dense in the model store.
@@ -132,55 +134,68 @@ def main() -> None:
     lua.write_text(LUA)
     data = bodies(tmp)
     base = f"http://127.0.0.1:{args.port}"
+    ceiling_url = f"http://127.0.0.1:{args.port + 1}/predict"
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True"}
-    # (server, route, body, concurrency list)
-    plan = {"ceiling": [("predict", "npy1", args.concurrency)]}
+    # server -> [(route, body, concurrency list)]
+    plan = {}
     for mode in ("on", "off"):
         plan[f"batching {mode}"] = [("predict", "npy1", args.concurrency),
                                     ("classify", "png1", args.concurrency),
                                     ("predict", "npy1024", [1, 2, 4])]
     # The same .npy requests through BentoML's own IO layer and CorkDispatcher.
     plan["bentoml path"] = [("predict", "npy1", args.concurrency)]
-    runs = sum(len(c) for v in plan.values() for _, _, c in v) * args.repeat
+    paired = sum(len(c) for v in plan.values() for r, b, c in v if b == "npy1")
+    runs = (sum(len(c) for v in plan.values() for _, _, c in v) + paired) * args.repeat
     bar = tqdm(total=runs, desc="wrk runs", unit="run")
     results = []
-    for server, cells in plan.items():
-        if server == "ceiling":
-            cmd = [sys.executable, "-m", "bench.raw_asgi", "--port", str(args.port),
-                   "--workers", "1"]
-            proc = start(cmd, env, base + "/predict", tmp / "raw.log")
-        else:
+    model_only = [ort_images_per_s()]
+    # The ceiling runs all along on the next port; every single-image /predict run is paired
+    # with a ceiling run just before it, so both see the same load from other jobs.
+    ceiling = start([sys.executable, "-m", "bench.raw_asgi", "--port", str(args.port + 1),
+                     "--workers", "1"], env, ceiling_url, tmp / "raw.log")
+    try:
+        for server, cells in plan.items():
             cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", "--port",
                    str(args.port), "--host", "127.0.0.1"]
             senv = {**env, "CIFAR2_BATCHING": "off" if server == "batching off" else "on",
                     "CIFAR2_FAST_NPY": "off" if server == "bentoml path" else "on"}
             proc = start(cmd, senv, base + "/readyz", tmp / "serve.log")
-        try:
-            for route, body, concs in cells:
-                for c in concs:
-                    reps = []
-                    for _ in range(args.repeat):
-                        reps.append(wrk(f"{base}/{route}", data[body], c, args.duration, lua))
-                        bar.update()
-                    med = {k: statistics.median(r[k] for r in reps)
-                           for k in ("rps", "p50_ms", "p99_ms", "errors")}
-                    results.append({"server": server, "route": route, "body": body,
-                                    "images_per_request": data[body][2], "concurrency": c,
-                                    **med, "images_per_s": med["rps"] * data[body][2],
-                                    "runs": reps})
-        finally:
-            stop(proc)
+            try:
+                for route, body, concs in cells:
+                    for c in concs:
+                        reps, ceil = [], []
+                        for _ in range(args.repeat):
+                            if body == "npy1":
+                                ceil.append(wrk(ceiling_url, data[body], c, args.duration, lua))
+                                bar.update()
+                            reps.append(wrk(f"{base}/{route}", data[body], c, args.duration,
+                                            lua))
+                            bar.update()
+                        if ceil:
+                            results.append(summarize(f"ceiling ({server})", route, body, data,
+                                                     c, ceil))
+                        results.append(summarize(server, route, body, data, c, reps))
+            finally:
+                stop(proc)
+    finally:
+        stop(ceiling)
     bar.close()
-    model_only = ort_images_per_s()
+    model_only.append(ort_images_per_s())
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_http.json").write_text(json.dumps(
         {"machine": machine(), "duration_s": args.duration, "repeat": args.repeat,
          "model_only_images_per_s": model_only, "results": results}, indent=1))
     print(table(results))
-    print(f"\nmodel only (ORT in-process, batch 1024, 2 threads, no HTTP): "
-          f"{model_only:,.0f} images/s")
+    print(f"\nmodel only (ORT in-process, batch 1024, 2 threads, no HTTP), before and after: "
+          f"{model_only[0]:,.0f} and {model_only[1]:,.0f} images/s")
     plot(results, args.out / "bench_http.png")
     print(f"\nwrote {args.out / 'bench_http.json'} and {args.out / 'bench_http.png'}")
+
+
+def summarize(server, route, body, data, c, reps) -> dict:
+    med = {k: statistics.median(r[k] for r in reps) for k in ("rps", "p50_ms", "p99_ms", "errors")}
+    return {"server": server, "route": route, "body": body, "images_per_request": data[body][2],
+            "concurrency": c, **med, "images_per_s": med["rps"] * data[body][2], "runs": reps}
 
 
 def ort_images_per_s(seconds: float = 3.0) -> float:
@@ -215,14 +230,16 @@ def ort_images_per_s(seconds: float = 3.0) -> float:
 
 
 def table(results: list[dict]) -> str:
-    ceiling = {r["concurrency"]: r["rps"] for r in results if r["server"] == "ceiling"}
+    ceiling = {(r["server"][len("ceiling ("):-1], r["concurrency"]): r["rps"]
+               for r in results if r["server"].startswith("ceiling")}
     rows = ["| server | request | c | req/s | images/s | p50 ms | p99 ms | errors | % of ceiling |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         what = f"/{r['route']} {r['images_per_request']} img ({r['body'][:3]})"
         pct = ""
-        if r["images_per_request"] == 1 and r["concurrency"] in ceiling:
-            pct = f"{100 * r['rps'] / ceiling[r['concurrency']]:.1f}%"
+        key = (r["server"], r["concurrency"])
+        if r["images_per_request"] == 1 and key in ceiling:
+            pct = f"{100 * r['rps'] / ceiling[key]:.1f}%"
         rows.append(f"| {r['server']} | {what} | {r['concurrency']} | {r['rps']:,.0f} | "
                     f"{r['images_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                     f"{r['errors']:.0f} | {pct} |")
@@ -238,8 +255,13 @@ def plot(results: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     series: dict[str, list[dict]] = {}
     for r in results:
-        if r["images_per_request"] == 1:
-            series.setdefault(f"{r['server']}: /{r['route']}", []).append(r)
+        if r["images_per_request"] != 1:
+            continue
+        if r["server"].startswith("ceiling"):  # one ceiling line: the one paired with "on"
+            if r["server"] == "ceiling (batching on)":
+                series.setdefault("ceiling (raw uvicorn): /predict", []).append(r)
+            continue
+        series.setdefault(f"{r['server']}: /{r['route']}", []).append(r)
     for name, rs in series.items():
         rs = sorted(rs, key=lambda r: r["concurrency"])
         ax.plot([r["rps"] for r in rs], [r["p99_ms"] for r in rs], marker="o", label=name)
