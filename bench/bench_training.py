@@ -10,6 +10,7 @@ mode, no_grad, batch 256 and batch 1. Prints a markdown table. A benchmark, not 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
@@ -62,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    print(f"torch {torch.__version__}, {platform.machine()} CPU, {torch.get_num_threads()} threads\n")
+    # The load average says how busy the (possibly shared) CPU was while measuring.
+    print(f"torch {torch.__version__}, {platform.machine()} CPU, {os.cpu_count()} cores, "
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}\n")
     print("| model | params | train batch | train img/s | infer img/s (batch 256) | infer img/s (batch 1) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name in a.models:
