@@ -159,11 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     name = a.model or RECIPES[a.recipe]["default_model"]
     try:
         args = model_args(name, **dict(parse_arg(t) for t in a.arg))
-        build(name, **args)  # fail on bad constructor args before decoding any data
+        try:  # fail on bad constructor args before decoding any data
+            build(name, **args)
+        except TypeError as e:
+            raise ValueError(f"bad --arg for model {name}: {e}") from None
         recipe = recipe_for(a.recipe, name, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr)
         device = pick_device(a.device)
         data = load_cifar2(a.data_dir)
-    except (UnknownModelError, DataError, ValueError, TypeError) as e:
+    except (UnknownModelError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"model {name} {args} ({count_params(build(name, **args)):,} params), recipe {recipe}")
