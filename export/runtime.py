@@ -40,18 +40,20 @@ def cuda_driver_present() -> bool:
     return False
 
 
-def providers_for(device: str) -> list:
-    """The explicit provider list for ``device`` ("cpu", "cuda" or "auto" = CUDA when usable)."""
+def providers_for(device: str, cuda_options: dict | None = None) -> list:
+    """The explicit provider list for ``device`` ("cpu", "cuda" or "auto" = CUDA when usable);
+    ``cuda_options`` are added to the CUDA provider's options."""
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     if device == "cpu" or CUDA not in ort.get_available_providers() or not cuda_driver_present():
         return [CPU]
     # TF32 off: CUDA fp32 results must match the fp32 CPU reference, and ORT enables TF32
     # by default on Ampere and newer.
-    return [(CUDA, {"use_tf32": "0"}), CPU]
+    return [(CUDA, {"use_tf32": "0", **(cuda_options or {})}), CPU]
 
 
-def open_session(path: str | Path, device: str = "cpu", threads: int = 0):
+def open_session(path: str | Path, device: str = "cpu", threads: int = 0,
+                 cuda_options: dict | None = None):
     """Create an InferenceSession; return (session, provider that really runs it).
 
     ``device="cuda"`` raises RuntimeUnavailable if CUDA is not actually the first provider;
@@ -60,7 +62,8 @@ def open_session(path: str | Path, device: str = "cpu", threads: int = 0):
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers_for(device))
+    sess = ort.InferenceSession(str(path), sess_options=opts,
+                                providers=providers_for(device, cuda_options))
     used = sess.get_providers()[0]
     if device == "cuda" and used != CUDA:
         raise RuntimeUnavailable(

@@ -1,9 +1,7 @@
 """A served model: one ONNX Runtime session over a store model's model.onnx, plus its card.
 
-Providers come from export.runtime (the one provider-selection helper), with one serving
-option added: cuDNN's HEURISTIC convolution search, because the default EXHAUSTIVE search
-benchmarks every algorithm for every new batch size, and adaptive batching makes many batch
-sizes. Nothing here imports torch.
+Sessions come from export.runtime (the one provider-selection helper), with one serving
+option added: cuDNN's HEURISTIC convolution search. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -11,25 +9,21 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import onnxruntime as ort
 
-from export.runtime import CUDA, RuntimeUnavailable, providers_for, run_session
+from export.runtime import RuntimeUnavailable, open_session, run_session
+
+# cuDNN's default EXHAUSTIVE search benchmarks every algorithm for every new batch size, and
+# adaptive batching makes many batch sizes.
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 
 def open_serving_session(path: str, device: str, threads: int):
     """(session, provider that really runs it); device="cuda" without CUDA raises."""
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    providers = [(p[0], {**p[1], "cudnn_conv_algo_search": "HEURISTIC"})
-                 if isinstance(p, tuple) and p[0] == CUDA else p for p in providers_for(device)]
-    session = ort.InferenceSession(path, sess_options=opts, providers=providers)
-    used = session.get_providers()[0]
-    if device == "cuda" and used != CUDA:
-        raise RuntimeUnavailable(f"CIFAR2_DEVICE=cuda but ONNX Runtime runs {used}: no usable "
-                                 "GPU or CUDA libraries; fix the GPU setup or use "
-                                 "CIFAR2_DEVICE=auto / cpu")
-    return session, used
+    try:
+        return open_session(path, device, threads, CUDA_OPTIONS)
+    except RuntimeUnavailable as e:
+        raise RuntimeUnavailable(f"CIFAR2_DEVICE=cuda, but {e}; fix the GPU setup or use "
+                                 "CIFAR2_DEVICE=auto / cpu") from None
 
 
 class ServedModel:
