@@ -58,6 +58,8 @@ def rows_for(paths: list[Path], test=None) -> list[dict]:
                "book": BOOK.get(ckpt["model"]) if r.get("name") == "book" else None}
         if ckpt["model"] == "net_resdeep" and ckpt["model_args"].get("n_blocks") != 100:
             row["model"] += f" ({ckpt['model_args']['n_blocks']} blocks)"
+        if m.get("seed"):  # tell repeated runs of one model apart
+            row["model"] += f" (seed {m['seed']})"
         if test is not None:
             row["reeval"] = accuracy(model_from_checkpoint(ckpt), *test)
         rows.append(row)
