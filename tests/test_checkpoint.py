@@ -51,7 +51,7 @@ def test_evaluate_reevaluates_and_plots(trained_run, image_folder, tmp_path):
          "--data-dir", str(image_folder), "--plot", str(png)],
         cwd=ROOT, env=env, check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| net |")]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| net (seed 1) |")]
     assert len(rows) == 1
     # The re-evaluated accuracy is the model's real accuracy on the test split, 4 decimals.
     x, y = load_split(image_folder, "test", cache_dir=tmp_path / "cache")
