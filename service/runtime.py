@@ -1,6 +1,6 @@
 """A served model: one ONNX Runtime session over a store model's model.onnx, plus its card.
 
-Sessions come from export.runtime (the one provider-selection helper), with one serving
+Sessions come from export.runtime (the one provider-selection function), with one serving
 option added: cuDNN's HEURISTIC convolution search. Nothing here imports torch.
 """
 

@@ -54,7 +54,7 @@ def test_export_and_register_end_to_end(tmp_path):
     assert set(meta["versions"]) == {"torch", "onnx", "onnxruntime"}
     files = {p.name for p in Path(stored.path).iterdir()}
     assert {"model.onnx", "model.ts", "model.pt2", "parity.json", "model.json"} <= files
-    # The full gate ran: every batch size of the issue, odd ones included.
+    # The full gate ran: every batch size of the gate, odd ones included.
     parity = json.loads((tmp_path / "art" / "parity.json").read_text())
     assert list(parity["formats"]["onnxruntime_cpu"]["batches"]) == [
         f"random:{n}" for n in (1, 2, 7, 64, 256, 1000)]

@@ -7,7 +7,7 @@ from models.nets import MODELS, UnknownModelError, build, count_params, model_ar
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# The book's parameter counts (issue 2); net_fast is ours and must stay under 100k.
+# The book's parameter counts; net_fast is ours and must stay under 100k.
 BOOK_PARAMS = {
     "dense": 1_574_402, "dense_deep": 3_737_474, "net": 18_090, "net_width": 38_386,
     "net_dropout": 38_386, "net_batchnorm": 38_482, "net_depth": 16_130, "net_res": 16_130,
