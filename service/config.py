@@ -64,3 +64,5 @@ ACCESS_LOG = _flag("CIFAR2_ACCESS_LOG", False)
 TRACING = _flag("CIFAR2_TRACING", False)
 
 WARMUP_BATCH_SIZES = (1, 8, 64, 256, 1024)
+# Allocations between young-generation garbage collections (Python's default is 700).
+GC_THRESHOLD = _int("CIFAR2_GC_THRESHOLD", 50_000) or 700
