@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from models.nets import build, count_params
 

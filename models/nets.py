@@ -6,11 +6,11 @@ out. No device, dtype or I/O inside; preprocessing belongs to the exported servi
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 N_CLASSES = 2
 IMAGE_PIXELS = 3 * 32 * 32
