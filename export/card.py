@@ -78,3 +78,9 @@ def read_json(path: Path) -> dict:
     if not isinstance(obj, dict):
         raise ArtifactError(f"{path}: expected a JSON object")
     return obj
+
+
+def changed_files(folder: Path, model_card: dict) -> list[str]:
+    """The files of the card that are missing from ``folder`` or whose sha256 differs."""
+    return [name for name, digest in model_card.get("files", {}).items()
+            if not (folder / name).is_file() or sha256_of(folder / name) != digest]

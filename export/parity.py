@@ -142,6 +142,17 @@ def check_format(fmt: str, run: Runner, batches: list[Batch], references: list[O
     return result
 
 
+def check_formats(runners: dict[str, Runner], providers: dict[str, str], batches: list[Batch],
+                  references: list[Outputs]) -> dict[str, dict]:
+    """``check_format`` for every runner, each result tagged with the provider that ran it."""
+    return {fmt: {**check_format(fmt, run, batches, references), "provider": providers[fmt]}
+            for fmt, run in runners.items()}
+
+
+def failures_of(results: dict[str, dict]) -> list[str]:
+    return [r["failure"] for r in results.values() if not r["passed"]]
+
+
 def summary_lines(parity: dict) -> list[str]:
     """A fixed-column table of a parity.json for the terminal."""
     header = (f"{'format':<18}{'provider':<22}{'max|Δ|':>10}{'p99|Δ|':>10}{'max rel':>10}"

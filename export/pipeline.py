@@ -21,6 +21,8 @@ from export.parity import (
     RANDOM_BATCH_SIZES,
     TOLERANCES,
     check_format,
+    check_formats,
+    failures_of,
     pack_reference,
 )
 from export.runtime import CUDA, RuntimeUnavailable, open_session, run_session
@@ -106,8 +108,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path | None = None,
     with step("parity"):
         references = [eager(graph, b.images) for b in batches]
         runners, runtime = formats.load_runners(out_dir)
-        results = {fmt: {**check_format(fmt, run, batches, references),
-                         "provider": runtime["providers"][fmt]} for fmt, run in runners.items()}
+        results = check_formats(runners, runtime["providers"], batches, references)
         if runtime["providers"].get("onnxruntime_cuda") == CUDA:
             torch.backends.cuda.matmul.allow_tf32 = False  # no TF32 near a GPU comparison
             torch.backends.cudnn.allow_tf32 = False
@@ -132,11 +133,11 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path | None = None,
         "inputs": inputs,
         "export_seconds": seconds,
     }
-    failures = [r["failure"] for r in results.values() if not r["passed"]]
+    failures = failures_of(results)
     if failures:
         parity["failures"] = failures
     card.write_json(out_dir / card.PARITY, parity)
-    files = [formats.FILES[f] for f in ("onnx", "torchscript", "torch_export")]
+    files = list(formats.FILES.values())
     files += [formats.FP16_FILE] if (out_dir / formats.FP16_FILE).exists() else []
     card.write_json(out_dir / card.CARD, card.model_card(
         ckpt, sha256_of(ckpt_path), out_dir, files + [card.PARITY]))

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from export import card
 from export.formats import ArtifactError
-from models.checkpoint import sha256_of
 
 STORE_PREFIX = "cifar2-"
 
@@ -34,11 +33,10 @@ def _checked(artifact_dir: Path) -> tuple[dict, dict]:
         why = "; ".join(parity.get("failures", [])) or "parity.json does not say passed"
         raise RegisterError(f"refusing to register {artifact_dir}: parity failed ({why}); "
                             "fix the export and run `python -m export <checkpoint>` again")
-    for name, digest in model_card.get("files", {}).items():
-        path = artifact_dir / name
-        if not path.is_file() or sha256_of(path) != digest:
-            raise RegisterError(f"refusing to register {artifact_dir}: {name} is missing or "
-                                "changed since it was checked; export again")
+    changed = card.changed_files(artifact_dir, model_card)
+    if changed:
+        raise RegisterError(f"refusing to register {artifact_dir}: {changed[0]} is missing or "
+                            "changed since it was checked; export again")
     return parity, model_card
 
 

@@ -18,9 +18,15 @@ from pathlib import Path
 from export import card, formats
 from export.formats import FP16_FILE, ArtifactError
 from export.inputs import images_sha256
-from export.parity import check_format, random_batches, summary_lines, unpack_reference
+from export.parity import (
+    check_format,
+    check_formats,
+    failures_of,
+    random_batches,
+    summary_lines,
+    unpack_reference,
+)
 from export.runtime import CUDA
-from models.checkpoint import sha256_of
 
 
 def resolve(target: str) -> Path:
@@ -41,11 +47,6 @@ def resolve(target: str) -> Path:
                             "list it with `bentoml models list`") from None
 
 
-def changed_files(folder: Path, model_card: dict) -> list[str]:
-    return [name for name, digest in model_card.get("files", {}).items()
-            if not (folder / name).is_file() or sha256_of(folder / name) != digest]
-
-
 def verify(folder: Path) -> dict:
     """Parity of every format in ``folder`` against the recorded eager reference.
     Raises ArtifactError for a file that cannot be read at all."""
@@ -62,15 +63,14 @@ def verify(folder: Path) -> dict:
         raise ArtifactError("the seeded random inputs differ from those at export time "
                             "(another numpy?); re-run `python -m export <checkpoint>`")
     runners, runtime = formats.load_runners(folder)
-    results = {fmt: {**check_format(fmt, run, batches, references),
-                     "provider": runtime["providers"][fmt]} for fmt, run in runners.items()}
+    results = check_formats(runners, runtime["providers"], batches, references)
     if (folder / FP16_FILE).is_file() and runtime["providers"].get("onnxruntime_cuda") == CUDA:
         run16, provider = formats.load_onnx(folder / FP16_FILE, "cuda")
         results["onnxruntime_cuda_fp16"] = {
             **check_format("onnxruntime_cuda_fp16", run16, batches, references, fp16=True),
             "provider": provider}
-    changed = changed_files(folder, model_card)
-    failures = [r["failure"] for r in results.values() if not r["passed"]]
+    changed = card.changed_files(folder, model_card)
+    failures = failures_of(results)
     failures += [f"{name}: sha256 differs from model.json (changed after export)"
                  for name in changed]
     return {"passed": not failures, "formats": results, "failures": failures,

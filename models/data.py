@@ -26,7 +26,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from models.checkpoint import CLASSES
+from models.checkpoint import CLASSES, save_checkpoint
 
 SPLITS = ("train", "test")
 CIFAR10_LABELS = (0, 2)  # airplane, bird in CIFAR-10 -> 0, 1 here
@@ -153,10 +153,7 @@ def _cached(cache_file: Path, fingerprint: str, source: str, decode) -> Cifar2:
     blob = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "source": source}
     for split in SPLITS:
         blob[f"{split}_x"], blob[f"{split}_y"] = splits[split]
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(cache_file)
+    save_checkpoint(blob, cache_file)
     return Cifar2(*(blob[k] for k in ("train_x", "train_y", "test_x", "test_y")),
                   fingerprint, source)
 

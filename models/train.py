@@ -36,7 +36,7 @@ def augment(images: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) ->
     one slice per distinct shift, instead of one PIL call per image."""
     n = images.shape[0]
     if pad:
-        padded = F.pad(images.float(), (pad,) * 4, mode="reflect").to(images.dtype)
+        padded = F.pad(images, (pad,) * 4, mode="reflect")
         shifts = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen)
         out = torch.empty_like(images)
         for dy in range(2 * pad + 1):
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = model_args(name, **dict(parse_arg(t) for t in a.arg))
         try:  # fail on bad constructor args before decoding any data
-            build(name, **args)
+            params = count_params(build(name, **args))
         except TypeError as e:
             raise ValueError(f"bad --arg for model {name}: {e}") from None
         recipe = recipe_for(a.recipe, name, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr)
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UnknownModelError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"model {name} {args} ({count_params(build(name, **args)):,} params), recipe {recipe}")
+    print(f"model {name} {args} ({params:,} params), recipe {recipe}")
     print(f"data {data.source} ({data.fingerprint}), device {device}, threads {torch.get_num_threads()}")
     model, metrics = train(name, args, recipe, data, device, a.seed)
     ckpt = make_checkpoint(name, args, model, metrics=metrics, recipe=recipe,

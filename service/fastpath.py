@@ -32,10 +32,7 @@ class NpyPredictRoute:
         if (scope["type"] != "http" or scope["path"] != ROUTE or scope["method"] != "POST"
                 or not _is_npy(scope)):
             return await self.app(scope, receive, send)
-        service = bentoml.get_current_service()
-        if service is None or not service.ready:
-            return await _reply(send, 503, {"error": "not ready: " + str(
-                getattr(service, "error", None) or "starting")})
+        service = bentoml.get_current_service()  # info.ReadyGate, further out, ensures ready
         body, more = [], True
         while more:
             message = await receive()

@@ -58,13 +58,17 @@ def decode_image(data: bytes, index: int = 0, max_pixels: int = MAX_IMAGE_PIXELS
     return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
 
 
+def check_count(n: int, max_images: int) -> None:
+    if n > max_images:
+        raise BadInput(f"{n} images in one request; the limit is {max_images} "
+                       "(split the request or raise CIFAR2_MAX_IMAGES)", status=413)
+
+
 def decode_images(files: list[bytes], max_images: int) -> np.ndarray:
     """Many files -> uint8 [N, 3, 32, 32]; the first bad one raises BadInput with its index."""
     if not files:
         raise BadInput("no images; send one or more files in the multipart field 'images'")
-    if len(files) > max_images:
-        raise BadInput(f"{len(files)} images in one request; the limit is {max_images} "
-                       "(split the request or raise CIFAR2_MAX_IMAGES)", status=413)
+    check_count(len(files), max_images)
     return np.stack([decode_image(data, i) for i, data in enumerate(files)])
 
 

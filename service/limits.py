@@ -27,7 +27,8 @@ class RequestLimits:
             return await self.app(scope, receive, send)
         if self.max_in_flight and self.in_flight >= self.max_in_flight:
             return await self._reject(send, 503, f"server overloaded ({self.in_flight} requests "
-                                      "in progress in this worker); retry after 1 s")
+                                      f"in progress in this worker); retry after "
+                                      f"{self.retry_after.decode()} s")
         length = _content_length(scope)
         if length is not None and length > self.max_body_bytes:
             return await self._too_large(send, length)
@@ -77,7 +78,7 @@ class RequestLimits:
         body = json.dumps({"error": message}).encode()
         headers = [(b"content-type", b"application/json"),
                    (b"content-length", str(len(body)).encode())]
-        if status in (429, 503):
+        if status == 503:
             headers.append((b"retry-after", self.retry_after))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

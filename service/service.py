@@ -24,14 +24,13 @@ from starlette.exceptions import HTTPException
 from service import config, fastpath, info, serde
 from service.batcher import MicroBatcher
 from service.errors import BadInput
-from service.images import decode_images
+from service.images import check_count, decode_images
 from service.limits import RequestLimits
 from service.runtime import ServedModel
 from service.tensors import ImageTensor
 
 logger = logging.getLogger("cifar2.service")
 serde.install()
-MODEL_KEYS = ("convnet", "dense")
 CONVNET = bentoml.models.BentoModel(config.CONVNET_TAG)
 DENSE = bentoml.models.BentoModel(config.DENSE_TAG)
 
@@ -82,7 +81,7 @@ class CIFAR2:
 
     @property
     def ready(self) -> bool:
-        return self.error is None and len(self.models) == len(MODEL_KEYS)
+        return self.error is None  # __init__ loads every model or records why not
 
     def __is_ready__(self) -> bool:
         if self.error:
@@ -130,10 +129,7 @@ class CIFAR2:
         return self.models["convnet"].probs(images)
 
     async def _decode(self, paths: list[Path]) -> np.ndarray:
-        if len(paths) > config.MAX_IMAGES:  # before reading any file
-            raise BadInput(f"{len(paths)} images in one request; the limit is "
-                           f"{config.MAX_IMAGES} (split the request or raise CIFAR2_MAX_IMAGES)",
-                           status=413)
+        check_count(len(paths), config.MAX_IMAGES)  # before reading any file
         datas = [Path(p).read_bytes() for p in paths]
         return await anyio.to_thread.run_sync(decode_images, datas, config.MAX_IMAGES)
 

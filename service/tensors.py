@@ -69,7 +69,7 @@ def _from_lists(value: list) -> np.ndarray:
         arr = np.array(value)
     except ValueError:
         raise ValueError("images is a ragged nested list; it must be [N][3][32][32]") from None
-    if arr.dtype == object or arr.dtype.kind not in "iuf" or arr.dtype == np.bool_:
+    if arr.dtype.kind not in "iuf":  # excludes object and bool arrays too
         raise ValueError(f"images must hold integers 0..255, got {arr.dtype} values")
     if arr.ndim != 4 or tuple(arr.shape[1:]) != SHAPE or arr.shape[0] == 0:
         raise ValueError(f"images must have shape [N,3,32,32] with N >= 1, got "

@@ -43,7 +43,7 @@ def test_evaluate_reevaluates_and_plots(trained_run, image_folder, tmp_path):
     proc, runs = trained_run
     assert proc.returncode == 0, proc.stderr
     net = runs / "net.pt"
-    env = {k: v for k, v in os.environ.items() if k != "CIFAR2_DATA"}
+    env = dict(os.environ)
     env.update(CIFAR2_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     png = tmp_path / "chart.png"
     proc = subprocess.run(

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, cache: Path, extra_env=None):
-    env = {k: v for k, v in os.environ.items() if k != "CIFAR2_DATA"}
+    env = dict(os.environ)
     env.update({"CIFAR2_CACHE": str(cache), "OMP_NUM_THREADS": "1", **(extra_env or {})})
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env,
                           check=False, capture_output=True, text=True, timeout=120)

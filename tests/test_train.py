@@ -1,7 +1,6 @@
 """Training: it learns (overfits a small batch), it is deterministic, the CLI writes its files."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +11,6 @@ from models.recipes import RECIPES, recipe_for
 from models.train import augment, lr_factor, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def tiny(image_folder, tmp_path_factory):
