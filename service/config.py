@@ -45,7 +45,8 @@ ORT_THREADS = _int("CIFAR2_ORT_THREADS", 1)
 # Adaptive batching of /predict (BentoML's CorkDispatcher) and of /classify and /compare
 # (service.batcher). "off" serves every request with its own ORT call, for comparison.
 BATCHING = _flag("CIFAR2_BATCHING", True)
-# Raw .npy /predict bodies skip BentoML's IO layer (service/fastpath.py); off = BentoML path.
+# Raw .npy /predict bodies skip BentoML's IO layer and middlewares (service/fastpath.py,
+# service/frontdoor.py); off = BentoML's path.
 FAST_NPY = _flag("CIFAR2_FAST_NPY", True)
 MAX_BATCH_SIZE = _int("CIFAR2_MAX_BATCH_SIZE", 1024)
 # Model calls in flight at once per worker and model (natural batching, service/batcher.py).
@@ -53,6 +54,8 @@ BATCH_CONCURRENCY = _int("CIFAR2_BATCH_CONCURRENCY", 2)
 # BentoML sheds (503) a queued request that cannot finish within this; keep it well above
 # the p99 we aim for so that only real overload is rejected.
 MAX_LATENCY_MS = _int("CIFAR2_MAX_LATENCY_MS", 1000)
+# A request (BentoML's traffic timeout) or a model call (service.batcher) running longer gets 504.
+REQUEST_TIMEOUT_S = _int("CIFAR2_REQUEST_TIMEOUT_S", 60) or 60
 
 MAX_BODY_BYTES = _int("CIFAR2_MAX_BODY_MB", 16) * 1024 * 1024
 MAX_IMAGES = _int("CIFAR2_MAX_IMAGES", 1024)

@@ -7,8 +7,11 @@ app answers /info/ and redirects /info with a 307.
 
 from __future__ import annotations
 
-import bentoml
+from bentoml import get_current_service
 from starlette.responses import JSONResponse
+
+from service import metrics
+from service.replies import send_json
 
 PATH = "/info"
 
@@ -20,7 +23,7 @@ class InfoRoute:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"].rstrip("/") != PATH:
             return await self.app(scope, receive, send)
-        service = bentoml.get_current_service()
+        service = get_current_service()
         if scope["method"] not in ("GET", "HEAD"):
             response = JSONResponse({"error": "use GET /info"}, status_code=405)
         elif service is None:
@@ -31,17 +34,18 @@ class InfoRoute:
 
 
 class ReadyGate:
-    """POSTs while the models are not loaded get 503 with the reason, not a 500."""
+    """POSTs while the models are not loaded get 503 with the reason, not a 500.
+    In front of BentoML's app (service/frontdoor.py)."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] == "POST":
-            service = bentoml.get_current_service()
+            service = get_current_service()
             if service is None or not service.ready:
                 reason = getattr(service, "error", None) or "starting"
-                response = JSONResponse({"error": f"not ready: {reason}"}, status_code=503,
-                                        headers={"Retry-After": "5"})
-                return await response(scope, receive, send)
+                metrics.rejected("not_ready")
+                return await send_json(send, 503, {"error": f"not ready: {reason}"},
+                                       ((b"retry-after", b"5"),))
         return await self.app(scope, receive, send)

@@ -9,7 +9,8 @@ An ASGI middleware, so the checks run before BentoML parses anything:
 
 from __future__ import annotations
 
-import json
+from service import metrics
+from service.replies import send_json
 
 PROBES = ("/livez", "/readyz", "/healthz", "/metrics", "/info")
 
@@ -75,13 +76,9 @@ class RequestLimits:
                            "request or raise CIFAR2_MAX_BODY_MB")
 
     async def _reject(self, send, status: int, message: str) -> None:
-        body = json.dumps({"error": message}).encode()
-        headers = [(b"content-type", b"application/json"),
-                   (b"content-length", str(len(body)).encode())]
-        if status == 503:
-            headers.append((b"retry-after", self.retry_after))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        metrics.rejected("overloaded" if status == 503 else "body_too_large")
+        headers = ((b"retry-after", self.retry_after),) if status == 503 else ()
+        await send_json(send, status, {"error": message}, headers)
 
 
 def _content_length(scope) -> int | None:

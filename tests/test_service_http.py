@@ -265,11 +265,42 @@ def test_concurrent_requests_are_batched(server):
         assert requests1 - requests0 == 128 and calls1 - calls0 < 128, call.__name__
 
 
+def metric(server, name: str, **labels: str) -> float:
+    """The value of one series on /metrics, summed over the workers' series; 0 if absent."""
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    total = 0.0
+    for line in server.get("/metrics").text.splitlines():
+        if line.startswith((name + "{", name + " ")) and all(w in line for w in want):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def test_metrics_and_openapi(server):
     metrics = server.get("/metrics")
     assert metrics.status_code == 200 and "bentoml_service_request_total" in metrics.text
     spec = server.get("/docs.json").json()
     assert {"/classify", "/compare", "/predict"} <= set(spec["paths"])
+
+
+def test_requests_in_front_of_bentoml_are_counted_in_metrics(server):
+    """The .npy lane and the limits answer before BentoML's metrics middleware; they count
+    their own requests on the same /metrics page."""
+    ok, bad = npy(X[:1]), b"not an npy file"
+    counts0 = [metric(server, "cifar2_fast_predict_request_total", http_response_code=code)
+               for code in ("200", "400")]
+    seconds0 = metric(server, "cifar2_fast_predict_request_duration_seconds_count")
+    too_large0 = metric(server, "cifar2_rejected_request_total", reason="body_too_large")
+    for body, n in ((ok, 3), (bad, 2)):
+        for _ in range(n):
+            server.post("/predict", content=body, headers={"content-type": "application/x-npy"})
+    server.post("/predict", content=b"\0" * (16 * 2**20 + 1),
+                headers={"content-type": "application/x-npy"})
+    counts1 = [metric(server, "cifar2_fast_predict_request_total", http_response_code=code)
+               for code in ("200", "400")]
+    assert [b - a for a, b in zip(counts0, counts1)] == [3, 2]
+    assert metric(server, "cifar2_fast_predict_request_duration_seconds_count") - seconds0 == 5
+    assert metric(server, "cifar2_rejected_request_total", reason="body_too_large") \
+        - too_large0 == 1
 
 
 def test_cuda_device_without_gpu_fails_readiness_clearly(store, tmp_path):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import io
 import pickle
+import threading
+import time
 
 import httpx
 import numpy as np
@@ -15,6 +17,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from service import fastpath
 from service.batcher import MicroBatcher
 from service.errors import BadInput
 from service.images import decode_image, decode_images
@@ -230,3 +233,69 @@ def test_micro_batcher_respects_max_batch_and_off_switch():
     sizes.clear()
     asyncio.run(run(False))
     assert sizes == [2] * 5
+
+
+def test_micro_batcher_times_out_a_stuck_model_call():
+    def stuck(x):
+        time.sleep(0.5)
+        return np.zeros((len(x), 2), np.float32)
+
+    async def run():
+        batcher = MicroBatcher(stuck, max_batch=4, timeout_s=0.05, inline_max=0)
+        return await batcher(np.zeros((1, 3, 32, 32), np.uint8))
+
+    with pytest.raises(TimeoutError, match="longer than 0.05 s for a batch of 1 images"):
+        asyncio.run(run())
+
+
+def test_micro_batcher_runs_small_batches_inline_and_big_ones_in_a_thread():
+    threads = {}
+
+    def model(x):
+        threads[len(x)] = threading.current_thread()
+        return np.zeros((len(x), 2), np.float32)
+
+    async def run():
+        b = MicroBatcher(model, max_batch=64, inline_max=8)
+        for n in (8, 9):
+            await b(np.zeros((n, 3, 32, 32), np.uint8))
+
+    asyncio.run(run())
+    assert threads[8] is threading.main_thread() and threads[9] is not threading.main_thread()
+
+
+class _Served:
+    """What the .npy lane needs of the running service: its batchers."""
+
+    def __init__(self, model, timeout_s=60.0):
+        self.batchers = {"convnet": MicroBatcher(model, max_batch=64, timeout_s=timeout_s,
+                                                 inline_max=0)}
+
+
+@pytest.mark.parametrize("model, timeout_s, status, words", [
+    (lambda x: np.full((len(x), 2), 0.5, np.float32), 60.0, 200, None),
+    (lambda x: time.sleep(0.5), 0.05, 504, "longer than 0.05 s"),
+    (lambda x: 1 / 0, 60.0, 500, "inference failed: ZeroDivisionError"),
+])
+def test_npy_lane_answers_json_for_success_timeout_and_model_failure(model, timeout_s, status,
+                                                                     words):
+    """The lane sits in front of BentoML's error middleware: every outcome is a JSON reply."""
+    got, reply = asyncio.run(fastpath._answer(_Served(model, timeout_s),
+                                              npy(np.zeros((2, 3, 32, 32), np.uint8))))
+    assert got == status
+    if words:
+        assert words in reply["error"]
+    else:
+        assert reply == [[0.5, 0.5], [0.5, 0.5]]
+
+
+def test_front_door_puts_limits_gate_and_npy_lane_before_bentoml():
+    from service.service import CIFAR2
+
+    app = CIFAR2.to_asgi(is_main=True)
+    chain = []
+    while type(app).__module__.startswith("service."):
+        chain.append(type(app).__name__)
+        app = app.app
+    assert chain == ["RequestLimits", "ReadyGate", "NpyPredictRoute"]
+    assert isinstance(app, Starlette)  # BentoML's app, with its own middlewares, comes next
