@@ -143,7 +143,8 @@ def _cached(cache_file: Path, fingerprint: str, source: str, decode) -> Cifar2:
     if cache_file.is_file():
         try:
             blob = torch.load(cache_file, map_location="cpu", weights_only=True)
-            if blob.get("format") == CACHE_FORMAT and blob.get("fingerprint") == fingerprint:
+            if (isinstance(blob, dict) and blob.get("format") == CACHE_FORMAT
+                    and blob.get("fingerprint") == fingerprint):
                 return Cifar2(blob["train_x"], blob["train_y"], blob["test_x"], blob["test_y"],
                               fingerprint, source)
         except (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile):

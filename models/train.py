@@ -90,7 +90,9 @@ def train(name: str, args: dict, recipe: dict, data, device: torch.device, seed:
         model.train()
         images = augment(data.train_x, recipe["crop_pad"], recipe["flip"], gen).to(device)
         order = torch.randperm(n, generator=gen).to(device)
-        total_loss, correct = 0.0, 0
+        # Summed on the device and read once per epoch: .item() every step is a GPU sync.
+        loss_sum = torch.zeros((), device=device)
+        correct_sum = torch.zeros((), dtype=torch.long, device=device)
         lr = opt.param_groups[0]["lr"]
         for i in tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, unit="batch"):
             idx = order[i * bs:(i + 1) * bs]
@@ -101,8 +103,9 @@ def train(name: str, args: dict, recipe: dict, data, device: torch.device, seed:
             loss.backward()
             opt.step()
             sched.step()
-            total_loss += loss.item() * len(idx)
-            correct += (logits.argmax(1) == train_y[idx]).sum().item()
+            loss_sum += loss.detach() * len(idx)
+            correct_sum += (logits.argmax(1) == train_y[idx]).sum()
+        total_loss, correct = loss_sum.item(), correct_sum.item()
         val_acc = accuracy(model, data.test_x, data.test_y, device)
         row = {"epoch": epoch, "loss": total_loss / n, "train_acc": correct / n, "val_acc": val_acc,
                "lr": lr, "seconds": time.perf_counter() - t0}

@@ -7,6 +7,7 @@ an ImageFolder tree (``.ci/run`` sets it when the machine has one); otherwise th
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,11 @@ from models.nets import build, model_args
 # other test, and every subprocess a test starts, runs as on a fresh clone without CIFAR2_DATA,
 # so the synthetic cases behave the same whether or not the machine has the real images.
 REAL_DATA = os.environ.pop("CIFAR2_DATA", None)
+
+# In-process tests must never write to the user's model store, and BentoML fixes its store at
+# first import: point it at a throwaway one before any test imports bentoml. Subprocesses that
+# need a store of their own get BENTOML_HOME explicitly.
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="cifar2-tests-bentoml-")
 
 # The registry's defaults, except where a default is too slow for a CPU test: 100 ResBlocks
 # become 2 (the structure is the same; the checkpoint records the args it was built with).

@@ -57,6 +57,19 @@ def test_cache_is_reused_and_keyed_by_content(image_folder, tmp_path):
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
 
 
+@pytest.mark.parametrize("broken", ["truncated", "not a dict"])
+def test_a_broken_cache_is_decoded_again(image_folder, tmp_path, broken):
+    first = load_cifar2(image_folder, cache_dir=tmp_path)
+    (cache,) = tmp_path.glob("*.pt")
+    if broken == "truncated":
+        cache.write_bytes(cache.read_bytes()[:100])
+    else:
+        torch.save([1, 2, 3], cache)
+    again = load_cifar2(image_folder, cache_dir=tmp_path)
+    assert torch.equal(again.train_x, first.train_x)
+    assert isinstance(torch.load(cache, weights_only=True), dict)  # rewritten
+
+
 def test_load_split_for_other_stages(image_folder, tmp_path):
     x, y = load_split(image_folder, "test", cache_dir=tmp_path)
     assert x.shape == (32, 3, 32, 32) and x.dtype == torch.uint8 and y.dtype == torch.int64
