@@ -4,9 +4,9 @@ Natural batching: no timer. A request that arrives while the model is idle runs 
 requests that arrive while a batch is running go together into the next one. Low load costs no
 added latency, high load gets big batches. Requests are never split. Up to ``concurrency``
 batches run at once (ORT sessions are thread-safe), so two big requests landing in the same
-worker use both cores instead of queueing behind each other. A model call that takes longer
-than ``timeout_s`` fails its requests with TimeoutError (the .npy lane answers 504): that lane
-is in front of BentoML's own request timeout.
+worker use both cores instead of queueing behind each other. A model call in a thread that
+takes longer than ``timeout_s`` fails its requests with TimeoutError (the .npy lane answers
+504): that lane is in front of BentoML's own request timeout.
 
 Small batches run on the event loop itself: for up to ``inline_max`` images (~3 ms of the
 convnet on one core) handing the call to a thread and back cost more than it overlapped, with

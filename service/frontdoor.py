@@ -34,5 +34,7 @@ def front(app):
 
 
 class FrontDoorService(bentoml.Service):
+    """A bentoml.Service whose ASGI app is ``front(BentoML's app)``; nothing else changes."""
+
     def to_asgi(self, is_main: bool = True):
         return front(super().to_asgi(is_main))

@@ -33,7 +33,7 @@ def _families():
             ["http_response_code"]),
         "duration": prometheus_client.Histogram(
             "cifar2_fast_predict_request_duration_seconds",
-            ".npy POST /predict time from the last body byte to the reply (fast lane)",
+            ".npy POST /predict time from reading the body to the reply (fast lane)",
             buckets=BUCKETS),
         "rejected": prometheus_client.Counter(
             "cifar2_rejected_request_total",

@@ -6,7 +6,9 @@ an ImageFolder tree (``.ci/run`` sets it when the machine has one); otherwise th
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -27,6 +29,7 @@ REAL_DATA = os.environ.pop("CIFAR2_DATA", None)
 # first import: point it at a throwaway one before any test imports bentoml. Subprocesses that
 # need a store of their own get BENTOML_HOME explicitly.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="cifar2-tests-bentoml-")
+atexit.register(shutil.rmtree, os.environ["BENTOML_HOME"], True)
 
 # The registry's defaults, except where a default is too slow for a CPU test: 100 ResBlocks
 # become 2 (the structure is the same; the checkpoint records the args it was built with).
