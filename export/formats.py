@@ -83,7 +83,8 @@ def write_pt2(program: torch.export.ExportedProgram, path: Path) -> Path:
     return path
 
 
-def _torch_runner(module) -> Runner:
+def torch_runner(module) -> Runner:
+    """A PyTorch module (eager, TorchScript or torch.export) as a runner, in inference mode."""
     def run(images: np.ndarray):
         with torch.inference_mode():
             logits, probs = module(torch.from_numpy(np.ascontiguousarray(images)))
@@ -121,7 +122,7 @@ def load_torchscript(path: Path) -> Runner:
     # A TorchScript archive is code plus tensors; load only files this exporter wrote.
     with _loading(path, "TorchScript"), _quiet_torchscript():
         module = torch.jit.load(str(path), map_location="cpu").eval()
-    return _torch_runner(module)
+    return torch_runner(module)
 
 
 def load_pt2(path: Path) -> Runner:
@@ -137,7 +138,7 @@ def load_pt2(path: Path) -> Runner:
             module = torch.export.load(str(path)).module()
         finally:
             logger.setLevel(level)
-    return _torch_runner(module)
+    return torch_runner(module)
 
 
 def load_runners(artifact_dir: Path, cuda: bool = True) -> tuple[dict[str, Runner], dict]:

@@ -44,9 +44,7 @@ def load_model(ckpt_path: Path):
 
 def eager(graph: torch.nn.Module, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The reference: eager PyTorch, float32, CPU, on the same uint8 images."""
-    with torch.inference_mode():
-        logits, probs = graph(torch.from_numpy(images))
-    return logits.numpy(), probs.numpy()
+    return formats.torch_runner(graph)(images)
 
 
 def fp16_check(model, ckpt, out_dir: Path, batches, references, device: str = "cuda") -> dict:

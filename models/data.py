@@ -145,8 +145,7 @@ def _cached(cache_file: Path, fingerprint: str, source: str, decode) -> Cifar2:
             blob = torch.load(cache_file, map_location="cpu", weights_only=True)
             if (isinstance(blob, dict) and blob.get("format") == CACHE_FORMAT
                     and blob.get("fingerprint") == fingerprint):
-                return Cifar2(blob["train_x"], blob["train_y"], blob["test_x"], blob["test_y"],
-                              fingerprint, source)
+                return _from_blob(blob, source)
         except (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile):
             # A broken cache is only a cache: decode again and overwrite it.
             print(f"note: {cache_file} is unreadable; decoding the images again", file=sys.stderr)
@@ -155,8 +154,12 @@ def _cached(cache_file: Path, fingerprint: str, source: str, decode) -> Cifar2:
     for split in SPLITS:
         blob[f"{split}_x"], blob[f"{split}_y"] = splits[split]
     save_checkpoint(blob, cache_file)
-    return Cifar2(*(blob[k] for k in ("train_x", "train_y", "test_x", "test_y")),
-                  fingerprint, source)
+    return _from_blob(blob, source)
+
+
+def _from_blob(blob: dict, source: str) -> Cifar2:
+    return Cifar2(blob["train_x"], blob["train_y"], blob["test_x"], blob["test_y"],
+                  blob["fingerprint"], source)
 
 
 def load_cifar2(data_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> Cifar2:

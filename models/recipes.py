@@ -22,12 +22,12 @@ from __future__ import annotations
 
 RECIPES: dict[str, dict] = {
     "book": {
-        "name": "book", "default_model": "net", "epochs": 100, "batch_size": 64, "lr": 1e-2,
+        "default_model": "net", "epochs": 100, "batch_size": 64, "lr": 1e-2,
         "momentum": 0.0, "nesterov": False, "weight_decay": 0.0, "label_smoothing": 0.0,
         "schedule": "constant", "warmup": 0.0, "crop_pad": 0, "flip": False,
     },
     "fast": {
-        "name": "fast", "default_model": "net_fast", "epochs": 20, "batch_size": 256, "lr": 0.1,
+        "default_model": "net_fast", "epochs": 20, "batch_size": 256, "lr": 0.1,
         "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "label_smoothing": 0.1,
         "schedule": "onecycle", "warmup": 0.2, "crop_pad": 2, "flip": True,
     },
@@ -41,7 +41,7 @@ def recipe_for(name: str, model: str, **overrides) -> dict:
     """The recipe ``name`` for ``model``, with CLI overrides (None means 'keep the default')."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
-    recipe = dict(RECIPES[name])
+    recipe = {"name": name, **RECIPES[name]}  # the name travels with the checkpoint
     recipe.pop("default_model")
     recipe["lr"] = LR_BY_MODEL.get((name, model), recipe["lr"])
     recipe.update({k: v for k, v in overrides.items() if v is not None})

@@ -10,8 +10,8 @@ takes longer than ``timeout_s`` fails its requests with TimeoutError (the .npy l
 
 Small batches run on the event loop itself: for up to ``inline_max`` images (~3 ms of the
 convnet on one core) handing the call to a thread and back cost more than it overlapped, with
-one worker per core (+2.5% req/s, p99 at c=32 9.7 -> 8.6 ms: medians of 5 alternating A/B runs,
-`wrk -t2 -c32 -d5s`). Bigger batches go to a thread, so the loop keeps reading requests.
+one worker per core (+2.5% req/s, p99 at c=32 9.7 -> 8.6 ms: medians of 5 rounds of
+`python -m bench.ab_http`). Bigger batches go to a thread, so the loop keeps reading requests.
 """
 
 from __future__ import annotations

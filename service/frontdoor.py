@@ -8,7 +8,7 @@ Why in front: on 2 CPU cores, BentoML's own middlewares cost more than the rest 
 single-image .npy /predict together. Its Prometheus middleware makes five multiprocess writes
 and label lookups per request, and its timeout middleware starts a task and a 60 s timer per
 request. Moving the lane in front of them raised .npy /predict at c=32 by ~35% (medians of 3
-alternating A/B runs with wrk; docs/serving.md has the numbers). What they did for these
+alternating A/B runs of bench/ab_http.py; docs/serving.md has the numbers). What they did for these
 requests is done here instead: service/metrics.py counts them, the batcher has the timeout.
 
 Built through ``@bentoml.service(service_class=FrontDoorService)``, BentoML's hook for a

@@ -7,6 +7,7 @@ an ImageFolder tree (``.ci/run`` sets it when the machine has one); otherwise th
 from __future__ import annotations
 
 import atexit
+import io
 import os
 import shutil
 import tempfile
@@ -67,6 +68,13 @@ def real_data_dir() -> Path:
     if not path or not Path(path).is_dir():
         pytest.skip("CIFAR2_DATA is not set to the real CIFAR-2 ImageFolder tree")
     return Path(path)
+
+
+def npy(arr: np.ndarray) -> bytes:
+    """The bytes numpy.save writes: an .npy request body or upload."""
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
 
 
 def untrained_checkpoint(name: str, path: Path, seed: int = 0) -> Path:

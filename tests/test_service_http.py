@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import untrained_checkpoint
+from conftest import npy, untrained_checkpoint
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,12 +94,6 @@ def server(store, tmp_path_factory):
 def png(color=(200, 30, 30), size=(32, 32), mode="RGB") -> bytes:
     buf = io.BytesIO()
     Image.new(mode, size, color).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
     return buf.getvalue()
 
 

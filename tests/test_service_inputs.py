@@ -12,6 +12,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+from conftest import npy
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
@@ -28,12 +29,6 @@ from service.tensors import parse_tensor
 def encode(im: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     im.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
     return buf.getvalue()
 
 
