@@ -23,14 +23,15 @@ from service import config
 from service.fastpath import NpyPredictRoute
 from service.info import ReadyGate
 from service.limits import RequestLimits
+from service.requestlog import RequestLog
 
 
 def front(app):
     """Wrap BentoML's ASGI app in our front middlewares (outermost first, as listed above)."""
     if config.FAST_NPY:
         app = NpyPredictRoute(app)
-    return RequestLimits(ReadyGate(app), max_body_bytes=config.MAX_BODY_BYTES,
-                         max_in_flight=config.MAX_IN_FLIGHT)
+    return RequestLog(RequestLimits(ReadyGate(app), max_body_bytes=config.MAX_BODY_BYTES,
+                                    max_in_flight=config.MAX_IN_FLIGHT))  # ids, error lines
 
 
 class FrontDoorService(bentoml.Service):
