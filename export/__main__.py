@@ -3,6 +3,7 @@
     python -m export runs/net.pt                       # -> artifacts/net/
     python -m export runs/net.pt --data-dir DIR        # also gate on the real test images
     python -m export runs/net.pt --out DIR --register  # and store it as cifar2-net
+    python -m export runs/net.pt --fp16                # + model.fp16.onnx, for a GPU check
 
 Exit codes: 0 passed (and registered); 1 parity failed; 2 bad input (missing or foreign
 checkpoint, unknown model) or a refused registration (parity failed with --register).
@@ -26,6 +27,8 @@ def parse_args(argv):
                                       "(default: $CIFAR2_DATA; without either, random inputs only)")
     p.add_argument("--register", action="store_true",
                    help="store the artifacts in the BentoML model store when parity passes")
+    p.add_argument("--fp16", action="store_true",
+                   help="also write model.fp16.onnx where no GPU checks it (to carry to one)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         out, parity = export_checkpoint(args.checkpoint, args.out, args.data_dir,
-                                        progress=not args.quiet)
+                                        progress=not args.quiet, fp16=args.fp16)
     except (CheckpointError, UnknownModelError, DataError, ArtifactError) as e:
         msg = e.args[0] if e.args else str(e)
         if isinstance(e, UnknownModelError):

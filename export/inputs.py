@@ -12,7 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from export.parity import RANDOM_BATCH_SIZES, RANDOM_SEED, Batch, random_batches
+from export.parity import (
+    RANDOM_BATCH_SIZES,
+    RANDOM_SEED,
+    Batch,
+    Outputs,
+    random_batches,
+    unpack_reference,
+)
 
 
 def images_sha256(batches: list[Batch]) -> str:
@@ -44,3 +51,29 @@ def parity_batches(data_dir: str | Path | None,
     if real is not None:
         batches.append(real)
     return batches, described
+
+
+def recorded_batches(parity: dict, test_images: np.ndarray | None = None
+                     ) -> tuple[list[Batch], list[Outputs]]:
+    """The parity inputs of an export and their eager reference, rebuilt from parity.json alone
+    (no torch, no checkpoint): the seeded random batches, plus the real test images when they
+    are given and parity.json holds their reference. Raises ValueError naming what does not
+    match the export (KeyError/TypeError for a parity.json without a reference)."""
+    recorded = parity["inputs"]["random"]
+    batches = random_batches(recorded["batch_sizes"], recorded["seed"])
+    if images_sha256(batches) != recorded["sha256"]:
+        raise ValueError("the seeded random inputs differ from those at export time "
+                         "(another numpy?)")
+    references = unpack_reference(parity["reference"]["random"], batches)
+    if test_images is not None:
+        test = Batch("test", np.ascontiguousarray(test_images, dtype=np.uint8))
+        described = parity["inputs"].get("test_images", {})
+        if "test" not in parity["reference"] or not described.get("used"):
+            raise ValueError("parity.json has no eager reference for real test images "
+                             "(export with --data-dir or CIFAR2_DATA)")
+        if images_sha256([test]) != described["sha256"]:
+            raise ValueError(f"the {len(test.images)} test images are not the ones exported "
+                             f"with ({described['images']} images, sha256 differs)")
+        batches.append(test)
+        references += unpack_reference(parity["reference"]["test"], [test])
+    return batches, references

@@ -47,12 +47,18 @@ def eager(graph: torch.nn.Module, images: np.ndarray) -> tuple[np.ndarray, np.nd
     return formats.torch_runner(graph)(images)
 
 
+def write_fp16(model, ckpt, out_dir: Path) -> Path:
+    """The fp16 ONNX variant of the serving graph (uint8 in, float32 outputs)."""
+    graph16 = serving_graph(model, ckpt, dtype=torch.float16)
+    return formats.write_onnx(graph16, out_dir / formats.FP16_FILE,
+                              formats.export_program(graph16))
+
+
 def fp16_check(model, ckpt, out_dir: Path, batches, references, device: str = "cuda") -> dict:
     """The fp16 ONNX variant, judged by decisions and probabilities on the real test images (the
     random batches when there is no data). The exporter runs it only where ONNX Runtime really
     runs on CUDA; the tests run the same code on the CPU provider."""
-    graph16 = serving_graph(model, ckpt, dtype=torch.float16)
-    formats.write_onnx(graph16, out_dir / formats.FP16_FILE, formats.export_program(graph16))
+    write_fp16(model, ckpt, out_dir)
     sess, provider = open_session(out_dir / formats.FP16_FILE, device=device)
     real = [i for i, b in enumerate(batches) if b.name == "test"] or range(len(batches))
     result = check_format(f"onnxruntime_{device}_fp16", lambda x: run_session(sess, x),
@@ -62,9 +68,14 @@ def fp16_check(model, ckpt, out_dir: Path, batches, references, device: str = "c
 
 def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path | None = None,
                       data_dir: str | Path | None = None, progress: bool = True,
-                      batch_sizes: tuple[int, ...] = RANDOM_BATCH_SIZES) -> tuple[Path, dict]:
+                      batch_sizes: tuple[int, ...] = RANDOM_BATCH_SIZES,
+                      fp16: bool = False) -> tuple[Path, dict]:
     """Export, check and describe one checkpoint into ``out_dir`` (default
     ``artifacts/<model>``); return the folder and parity.json's content.
+
+    The fp16 variant is written and checked where ONNX Runtime runs on CUDA; ``fp16=True``
+    writes it on a CPU machine too, unchecked, to be carried to a GPU (bench/gpu_check.py checks
+    it there against the eager reference kept in parity.json).
 
     parity.json and model.json are written whether or not the gate passes, so a failure can be
     inspected; ``register`` refuses anything whose parity.json does not say ``passed``.
@@ -115,11 +126,21 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path | None = None,
                                                                references)
             except RuntimeUnavailable as e:
                 runtime["skipped"]["onnxruntime_cuda_fp16"] = str(e)
+        elif fp16:
+            write_fp16(model, ckpt, out_dir)
+            runtime["skipped"]["onnxruntime_cuda_fp16"] = (
+                f"{formats.FP16_FILE} written, not checked: needs ONNX Runtime on CUDA "
+                "(python -m bench.gpu_check checks it on a GPU)")
         else:
             runtime["skipped"]["onnxruntime_cuda_fp16"] = "needs ONNX Runtime on CUDA"
     steps.close()
 
     n_random = sum(1 for b in batches if b.name == "random")
+    # The eager logits of every parity input, so that a machine without torch or the checkpoint
+    # (verify, a GPU run) can re-run the gate: the random batches, and the real test images.
+    reference = {"random": pack_reference(references[:n_random])}
+    if len(batches) > n_random:
+        reference["test"] = pack_reference(references[n_random:])
     parity = {
         "passed": all(r["passed"] for r in results.values()),
         "model": ckpt["model"],
@@ -127,7 +148,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path | None = None,
         "skipped": runtime["skipped"],
         "tolerances": {"fp32": TOLERANCES, "fp16": FP16_TOLERANCES},
         "reference": {"runtime": "eager PyTorch float32 CPU", "torch": str(torch.__version__),
-                      "random": pack_reference(references[:n_random])},
+                      **reference},
         "inputs": inputs,
         "export_seconds": seconds,
     }

@@ -40,6 +40,42 @@ def cuda_driver_present() -> bool:
     return False
 
 
+def cuda_library_names() -> list[str]:
+    """The CUDA and cuDNN libraries this onnxruntime-gpu build links against (Linux names), in
+    load order: cuBLAS needs cuBLASLt first."""
+    major = str(getattr(ort, "cuda_version", "") or "12").split(".")[0]
+    cufft = "12" if int(major) >= 13 else "11"  # CUDA 13 ships cuFFT 12, CUDA 12 cuFFT 11
+    return [f"libcublasLt.so.{major}", f"libcublas.so.{major}", f"libnvrtc.so.{major}",
+            "libcurand.so.10", f"libcufft.so.{cufft}", f"libcudart.so.{major}", "libcudnn.so.9"]
+
+
+_preloaded: dict[str, str | None] = {}
+
+
+def preload_cuda_libraries() -> dict[str, str | None]:
+    """Load CUDA and cuDNN from NVIDIA's pip packages wherever they are on sys.path; return
+    {library: path, or None where no package has it (the system loader then looks)}.
+
+    ORT's CUDA provider finds these libraries only on the loader's path, or when torch was
+    imported first and loaded them. The service never imports torch, and its CUDA wheels may sit
+    in another site-packages than onnxruntime-gpu (a --target install next to a machine's own
+    CUDA packages), where ``onnxruntime.preload_dlls()`` does not look. Once a library is
+    loaded, the provider's own dependency on it resolves to the loaded copy."""
+    if _preloaded or sys.platform != "linux":
+        return _preloaded
+    libs = [d for entry in sys.path if entry and Path(entry, "nvidia").is_dir()
+            for d in sorted(Path(entry, "nvidia").glob("*/lib"))]
+    for name in cuda_library_names():
+        path = next((d / name for d in libs if (d / name).is_file()), None)
+        if path is not None:
+            try:
+                ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                path = None
+        _preloaded[name] = str(path) if path else None
+    return _preloaded
+
+
 def providers_for(device: str, cuda_options: dict | None = None) -> list:
     """The explicit provider list for ``device`` ("cpu", "cuda" or "auto" = CUDA when usable);
     ``cuda_options`` are added to the CUDA provider's options."""
@@ -47,6 +83,7 @@ def providers_for(device: str, cuda_options: dict | None = None) -> list:
         raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     if device == "cpu" or CUDA not in ort.get_available_providers() or not cuda_driver_present():
         return [CPU]
+    preload_cuda_libraries()
     # TF32 off: CUDA fp32 results must match the fp32 CPU reference, and ORT enables TF32
     # by default on Ampere and newer.
     return [(CUDA, {"use_tf32": "0", **(cuda_options or {})}), CPU]
