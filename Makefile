@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 MODEL ?= net
 RECIPE ?= book
 
-.PHONY: venv test serve models train export bench lint clean
+.PHONY: venv test serve models train export bench lint clean peers-venv bench-peers
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,19 @@ models: venv
 
 serve: models
 	$(VENV)/bin/bentoml serve
+
+# LitServe and Ray Serve for bench/peers/bench_peers.py, in a venv of their own: their
+# FastAPI / Starlette / uvicorn pins can clash with BentoML's.
+PEERS_VENV := .venv-peers
+$(PEERS_VENV)/.installed: bench/peers/requirements.txt
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --progress-bar off -r bench/peers/requirements.txt
+	touch $@
+
+peers-venv: $(PEERS_VENV)/.installed
+
+bench-peers: models peers-venv
+	$(PY) -m bench.peers.bench_peers
 
 clean:
 	rm -rf $(VENV) runs artifacts data
