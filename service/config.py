@@ -7,6 +7,7 @@ Change any of them without touching code, e.g.
 from __future__ import annotations
 
 import os
+from importlib import metadata
 
 
 def _int(name: str, default: int) -> int:
@@ -42,18 +43,15 @@ DEVICE = os.environ.get("CIFAR2_DEVICE", "auto").strip().lower()
 WORKERS = _int("CIFAR2_WORKERS", 2)
 ORT_THREADS = _int("CIFAR2_ORT_THREADS", 1)
 
-# Adaptive batching of /predict (BentoML's CorkDispatcher) and of /classify and /compare
-# (service.batcher). "off" serves every request with its own ORT call, for comparison.
+# Batching of every inference request (service/batcher.py). "off" serves every request with
+# its own ORT call, for comparison.
 BATCHING = _flag("CIFAR2_BATCHING", True)
-# Raw .npy /predict bodies skip BentoML's IO layer and middlewares (service/fastpath.py,
-# service/frontdoor.py); off = BentoML's path.
-FAST_NPY = _flag("CIFAR2_FAST_NPY", True)
+# /predict, /classify and /compare answered by the request layer (service/routes.py) in front
+# of BentoML's IO layer and middlewares; off = BentoML's path, for comparison. V2 is always on.
+FAST_PATH = _flag("CIFAR2_FAST_PATH", True)
 MAX_BATCH_SIZE = _int("CIFAR2_MAX_BATCH_SIZE", 1024)
 # Model calls in flight at once per worker and model (natural batching, service/batcher.py).
 BATCH_CONCURRENCY = _int("CIFAR2_BATCH_CONCURRENCY", 2)
-# BentoML sheds (503) a queued request that cannot finish within this; keep it well above
-# the p99 we aim for so that only real overload is rejected.
-MAX_LATENCY_MS = _int("CIFAR2_MAX_LATENCY_MS", 1000)
 # A request (BentoML's traffic timeout) or a model call (service.batcher) running longer gets 504.
 REQUEST_TIMEOUT_S = _int("CIFAR2_REQUEST_TIMEOUT_S", 60) or 60
 
@@ -69,3 +67,9 @@ TRACING = _flag("CIFAR2_TRACING", False)
 WARMUP_BATCH_SIZES = (1, 8, 64, 256, 1024)
 # Allocations between young-generation garbage collections (Python's default is 700).
 GC_THRESHOLD = _int("CIFAR2_GC_THRESHOLD", 50_000) or 700
+
+# The server version of V2's GET /v2: the project's, when it is installed as a package.
+try:
+    VERSION = metadata.version("cifar2-serving")
+except metadata.PackageNotFoundError:  # a Bento carries the code, not the package
+    VERSION = "bento"

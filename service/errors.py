@@ -12,8 +12,10 @@ class BadInput(ValueError):
         self.index = index
         self.status = status
 
+    def body(self) -> dict:
+        """The API's error shape (service/replies.py)."""
+        return {"error": str(self)} if self.index is None else {"error": str(self),
+                                                                 "index": self.index}
+
     def response(self) -> JSONResponse:
-        body = {"error": str(self)}
-        if self.index is not None:
-            body["index"] = self.index
-        return JSONResponse(body, status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status)

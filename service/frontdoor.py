@@ -1,15 +1,14 @@
-"""The ASGI app each worker serves: our request limits, readiness gate and .npy lane in front of
+"""The ASGI app each worker serves: our limits, readiness gate and request layer in front of
 BentoML's app.
 
-    RequestLimits -> ReadyGate -> NpyPredictRoute -> BentoML (metrics, tracing, timeout, /info,
-                                                              IO layer, adaptive batching, APIs)
+    RequestLimits -> ReadyGate -> RequestLayer -> BentoML (metrics, tracing, timeout, /info,
+                                                           IO layer, the @bentoml.api methods)
 
 Why in front: on 2 CPU cores, BentoML's own middlewares cost more than the rest of a
-single-image .npy /predict together. Its Prometheus middleware makes five multiprocess writes
-and label lookups per request, and its timeout middleware starts a task and a 60 s timer per
-request. Moving the lane in front of them raised .npy /predict at c=32 by ~35% (medians of 3
-alternating A/B runs of bench/ab_http.py; docs/serving.md has the numbers). What they did for these
-requests is done here instead: service/metrics.py counts them, the batcher has the timeout.
+single-image request together. Its Prometheus middleware makes five multiprocess writes and
+label lookups per request, and its timeout middleware starts a task and a 60 s timer per
+request. What they did for these requests is done here instead: service/metrics.py counts
+them, the batcher has the timeout. service/routes.py says which routes the layer answers.
 
 Built through ``@bentoml.service(service_class=FrontDoorService)``, BentoML's hook for a
 Service subclass; ``bentoml serve`` and a built Bento call ``to_asgi`` in every worker.
@@ -19,17 +18,17 @@ from __future__ import annotations
 
 import bentoml
 
-from service import config
-from service.fastpath import NpyPredictRoute
+from service import config, drain
 from service.info import ReadyGate
 from service.limits import RequestLimits
 from service.requestlog import RequestLog
+from service.routes import RequestLayer
 
 
 def front(app):
     """Wrap BentoML's ASGI app in our front middlewares (outermost first, as listed above)."""
-    if config.FAST_NPY:
-        app = NpyPredictRoute(app)
+    app = RequestLayer(app, fast_routes=config.FAST_PATH)
+    app = drain.Drain(app)  # SIGTERM: readiness false, lame duck, finish in-flight (drain.py)
     return RequestLog(RequestLimits(ReadyGate(app), max_body_bytes=config.MAX_BODY_BYTES,
                                     max_in_flight=config.MAX_IN_FLIGHT))  # ids, error lines
 

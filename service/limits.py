@@ -12,7 +12,7 @@ from __future__ import annotations
 from service import metrics
 from service.replies import send_json
 
-PROBES = ("/livez", "/readyz", "/healthz", "/metrics", "/info")
+PROBES = ("/livez", "/readyz", "/healthz", "/metrics", "/info", "/v2/health")
 
 
 class RequestLimits:

@@ -1,11 +1,14 @@
-"""Prometheus metrics for the requests answered in front of BentoML's own middlewares.
+"""Prometheus metrics for what is answered in front of BentoML's own middlewares.
 
-The .npy /predict lane and the request limits run before BentoML's metrics middleware (see
-service/frontdoor.py), so BentoML's ``bentoml_service_request_*`` series do not see them; these
-do, on the same /metrics page:
+The request layer (service/routes.py) and the limits run before BentoML's metrics middleware
+(see service/frontdoor.py), so BentoML's ``bentoml_service_request_*`` series do not see their
+requests; these do, on the same /metrics page:
 
-- ``cifar2_fast_predict_request_total{http_response_code}`` and
-  ``cifar2_fast_predict_request_duration_seconds``: .npy bodies to POST /predict;
+- ``cifar2_request_total{route,http_response_code}`` and
+  ``cifar2_request_duration_seconds{route}``: requests the request layer answered;
+- ``cifar2_batch_size{route}`` and ``cifar2_queue_seconds{route}``: per request, the images in
+  the model call it rode in and its wait before that call (the X-Batch-Size and X-Queue-Ms
+  reply headers), for every inference route on either path;
 - ``cifar2_rejected_request_total{reason}``: 413 (body too large) and 503 (overloaded, not
   ready) answered by service/limits.py and service/info.py.
 
@@ -21,21 +24,24 @@ import functools
 # Seconds; the low end is where a single-image /predict lands on a CPU.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
            10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 @functools.cache
 def _families():
-    import prometheus_client
+    import prometheus_client as p
 
     return {
-        "total": prometheus_client.Counter(
-            "cifar2_fast_predict_request_total", ".npy POST /predict requests (fast lane)",
-            ["http_response_code"]),
-        "duration": prometheus_client.Histogram(
-            "cifar2_fast_predict_request_duration_seconds",
-            ".npy POST /predict time from reading the body to the reply (fast lane)",
-            buckets=BUCKETS),
-        "rejected": prometheus_client.Counter(
+        "total": p.Counter("cifar2_request_total", "requests answered by the request layer",
+                           ["route", "http_response_code"]),
+        "duration": p.Histogram("cifar2_request_duration_seconds",
+                                "request layer: time from reading the body to the reply",
+                                ["route"], buckets=BUCKETS),
+        "batch": p.Histogram("cifar2_batch_size", "per request: images in the model call it "
+                             "rode in (X-Batch-Size)", ["route"], buckets=BATCH_BUCKETS),
+        "queue": p.Histogram("cifar2_queue_seconds", "per request: wait for its model call "
+                             "(X-Queue-Ms)", ["route"], buckets=BUCKETS),
+        "rejected": p.Counter(
             "cifar2_rejected_request_total",
             "requests refused before reaching the service: body_too_large (413), "
             "overloaded or not_ready (503)", ["reason"]),
@@ -43,14 +49,18 @@ def _families():
 
 
 @functools.cache
-def _child(family: str, label: str | None):
-    metric = _families()[family]
-    return metric if label is None else metric.labels(label)
+def _child(family: str, *labels: str):
+    return _families()[family].labels(*labels)
 
 
-def fast_predict_done(status: int, seconds: float) -> None:
-    _child("total", str(status)).inc()
-    _child("duration", None).observe(seconds)
+def request_done(route: str, status: int, seconds: float) -> None:
+    _child("total", route, str(status)).inc()
+    _child("duration", route).observe(seconds)
+
+
+def batch_done(route: str, batch_size: int, queue_ms: float) -> None:
+    _child("batch", route).observe(batch_size)
+    _child("queue", route).observe(queue_ms / 1000)
 
 
 def rejected(reason: str) -> None:

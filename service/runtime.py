@@ -36,9 +36,14 @@ class ServedModel:
         self.session, self.provider = open_serving_session(stored.path_of("model.onnx"), device,
                                                            threads)
 
-    def probs(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N,3,32,32] -> float32 probabilities [N,2]."""
-        return run_session(self.session, images)[1]
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 [N,3,32,32] -> (logits, probabilities), float32 [N,2] each."""
+        return run_session(self.session, images)
+
+    @property
+    def version(self) -> str:
+        """The BentoML store version: the V2 model version."""
+        return self.tag.split(":", 1)[1]
 
     def warmup(self, batch_sizes) -> dict[int, float]:
         """Run each batch size once (ORT allocates per shape); return ms per batch."""
@@ -47,7 +52,7 @@ class ServedModel:
         for n in batch_sizes:
             images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
             t0 = time.perf_counter()
-            out = self.probs(images)
+            out = self.run(images)[1]
             times[n] = round((time.perf_counter() - t0) * 1000, 3)
             if out.shape != (n, len(self.classes)) or not np.all(np.isfinite(out)):
                 raise RuntimeError(f"{self.tag}: warm-up at batch {n} gave {out.shape} "

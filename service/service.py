@@ -3,13 +3,14 @@
     bentoml serve                                 # from the repo root; http://localhost:3000
     CIFAR2_CONVNET=cifar2-net_res:latest CIFAR2_DEVICE=cpu bentoml serve
 
-Endpoints: POST /classify, /compare (image files), /predict (uint8 tensors, adaptive batching);
-GET /info, /livez, /readyz, /metrics. Knobs: service/config.py (environment variables).
+Endpoints: POST /classify, /compare (image files), /predict (uint8 tensors); the Open Inference
+Protocol (KServe V2) under /v2; GET /info, /livez, /readyz, /metrics. Every inference request
+goes through one request layer (service/routes.py) and one batcher per model. Knobs:
+service/config.py (environment variables).
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import sys
@@ -21,11 +22,11 @@ import bentoml
 import numpy as np
 from starlette.exceptions import HTTPException
 
-from service import config, info, serde
+from service import config, inference, info, serde, webpage
 from service.batcher import MicroBatcher
 from service.errors import BadInput
 from service.frontdoor import FrontDoorService
-from service.images import check_count, decode_images
+from service.images import check_count
 from service.runtime import ServedModel
 from service.tensors import ImageTensor
 
@@ -37,7 +38,7 @@ DENSE = bentoml.models.BentoModel(config.DENSE_TAG)
 
 @bentoml.service(
     name="cifar2",
-    service_class=FrontDoorService,  # limits, readiness gate, .npy lane in front of BentoML
+    service_class=FrontDoorService,  # limits, readiness gate, request layer in front of BentoML
     workers=config.WORKERS,
     traffic={"timeout": config.REQUEST_TIMEOUT_S},
     logging={"access": {"enabled": config.ACCESS_LOG}},
@@ -76,7 +77,7 @@ class CIFAR2:
         # spikes. A larger young generation (CIFAR2_GC_THRESHOLD) cut p99 at c=32 from
         # 19-101 ms to 12-17 ms and raised req/s ~15% in alternating A/B runs with wrk.
         gc.set_threshold(config.GC_THRESHOLD, 50, 100)
-        self.batchers = {key: MicroBatcher(m.probs, config.MAX_BATCH_SIZE, config.BATCHING,
+        self.batchers = {key: MicroBatcher(m.run, config.MAX_BATCH_SIZE, config.BATCHING,
                                            config.BATCH_CONCURRENCY, config.REQUEST_TIMEOUT_S)
                          for key, m in self.models.items()}
 
@@ -89,49 +90,44 @@ class CIFAR2:
             raise HTTPException(status_code=503, detail=f"not ready: {self.error}")
         return self.ready
 
+    # The request layer (service/routes.py) answers these three routes in front of BentoML;
+    # the methods stay for the OpenAPI page, bentoml.SyncHTTPClient and CIFAR2_FAST_PATH=off,
+    # and give the same answers through the same code (service/inference.py).
     @bentoml.api(route="/classify")
-    async def classify(self, images: list[Path] = [],  # noqa: B006 (pydantic copies it)
+    async def classify(self, ctx: bentoml.Context, images: list[Path] = [],  # noqa: B006
                        model: Literal["convnet", "dense"] = "convnet") -> dict:
         """Classify image files (JPEG, PNG, WebP, BMP, GIF; any size, resized to 32x32)."""
         try:
             batch = await self._decode(images)
         except BadInput as e:
             return e.response()
-        probs, _ = await self.batchers[model](batch)
-        served = self.models[model]
-        return {"model": model, "model_tag": served.tag,
-                "predictions": _predictions(probs, served.classes)}
+        ran = await inference.run(self, model, batch, "/classify")
+        _batch_headers(ctx, ran)
+        return inference.classify_reply(self, model, ran)
 
     @bentoml.api(route="/compare")
-    async def compare(self, images: list[Path] = []) -> dict:  # noqa: B006
+    async def compare(self, ctx: bentoml.Context, images: list[Path] = []) -> dict:  # noqa: B006
         """Run the same images through the convnet and the dense baseline, side by side."""
         try:
             batch = await self._decode(images)
         except BadInput as e:
             return e.response()
-        (p_conv, ms_conv), (p_dense, ms_dense) = await asyncio.gather(
-            self.batchers["convnet"](batch), self.batchers["dense"](batch))
-        classes = self.models["convnet"].classes
-        conv, dense = _predictions(p_conv, classes), _predictions(p_dense, classes)
-        agree = p_conv.argmax(1) == p_dense.argmax(1)
-        return {
-            "models": {k: {"model_tag": self.models[k].tag, "inference_ms": ms}
-                       for k, ms in (("convnet", ms_conv), ("dense", ms_dense))},
-            "agreement": round(float(agree.mean()), 6),
-            "predictions": [{"convnet": c, "dense": d, "agree": bool(a)}
-                            for c, d, a in zip(conv, dense, agree)],
-        }
+        conv, dense = await inference.run_both(self, batch, "/compare")
+        _batch_headers(ctx, conv, dense)
+        return inference.compare_reply(self, conv, dense)
 
-    @bentoml.api(route="/predict", batchable=config.BATCHING,
-                 max_batch_size=config.MAX_BATCH_SIZE, max_latency_ms=config.MAX_LATENCY_MS)
-    def predict(self, images: ImageTensor) -> np.ndarray:
+    @bentoml.api(route="/predict")
+    async def predict(self, ctx: bentoml.Context, images: ImageTensor) -> np.ndarray:
         """uint8 [N,3,32,32] (JSON nested lists, or an .npy body / upload) -> convnet
-        probabilities [N,2]. Concurrent requests are batched together (adaptive batching)."""
-        return self.models["convnet"].probs(images)
+        probabilities [N,2]. Concurrent requests are batched together."""
+        ran = await inference.run(self, "convnet", images, "/predict")
+        _batch_headers(ctx, ran)
+        return ran.probs
 
     async def _decode(self, paths: list[Path]) -> np.ndarray:
         check_count(len(paths), config.MAX_IMAGES)  # before reading any file
-        return await anyio.to_thread.run_sync(_read_and_decode, paths)
+        return await inference.decode_files(
+            await anyio.to_thread.run_sync(_read_all, paths), config.MAX_IMAGES)
 
     def describe(self) -> dict:
         """The /info document."""
@@ -147,14 +143,11 @@ class CIFAR2:
             "warmup_ms": self.warmup_ms,
             "batching": {
                 "enabled": config.BATCHING, "max_batch_size": config.MAX_BATCH_SIZE,
-                "max_latency_ms": config.MAX_LATENCY_MS, "fast_npy_predict": config.FAST_NPY,
                 "concurrent_batches": config.BATCH_CONCURRENCY,
-                "bentoml_adaptive": "/predict with JSON or multipart (and .npy bodies when "
-                                    "fast_npy_predict is off); batch sizes in /metrics as "
-                                    "bentoml_service_adaptive_batch_size",
-                # Natural batching (service.batcher): /classify, /compare, .npy /predict.
+                # One batcher per model (service.batcher), shared by every route and encoding.
                 "natural": {k: b.stats() for k, b in self.batchers.items()},
             },
+            "fast_path": config.FAST_PATH,
             "limits": {"max_body_bytes": config.MAX_BODY_BYTES, "max_images": config.MAX_IMAGES,
                        "max_in_flight_per_worker": config.MAX_IN_FLIGHT,
                        "max_image_pixels": config.MAX_IMAGE_PIXELS},
@@ -170,17 +163,17 @@ class CIFAR2:
 for _api in CIFAR2.apis.values():
     _api.output_spec.media_type = "application/json"
 CIFAR2.add_asgi_middleware(info.InfoRoute)
+CIFAR2.add_asgi_middleware(webpage.WebPage)  # GET /ui: the web page (service/ui/)
 
 
-def _read_and_decode(paths: list[Path]) -> np.ndarray:
-    """The uploads BentoML spooled to files -> uint8 [N,3,32,32]; off the event loop."""
-    return decode_images([Path(p).read_bytes() for p in paths], config.MAX_IMAGES)
+def _read_all(paths: list[Path]) -> list[bytes]:
+    """The uploads BentoML spooled to files; read off the event loop."""
+    return [Path(p).read_bytes() for p in paths]
 
 
-def _predictions(probs: np.ndarray, classes: list[str]) -> list[dict]:
-    return [{"label": classes[int(p.argmax())],
-             "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)}}
-            for p in probs]
+def _batch_headers(ctx: bentoml.Context, *rans) -> None:
+    for key, value in inference.batch_headers(*rans):
+        ctx.response.headers[key.decode()] = value.decode()
 
 
 def _store_path() -> str:

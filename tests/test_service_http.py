@@ -66,9 +66,16 @@ def stop(proc) -> None:
         proc.kill()
 
 
-@pytest.fixture(scope="module")
+_STORES: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="session")
 def store(tmp_path_factory) -> Path:
-    """A BENTOML_HOME with cifar2-net and cifar2-dense, registered by the real exporter."""
+    """A BENTOML_HOME with cifar2-net and cifar2-dense, registered by the real exporter.
+    Made once per test run: other test modules import this fixture, and each import is a
+    fixture of its own to pytest, so the store itself is cached here."""
+    if "home" in _STORES:
+        return _STORES["home"]
     root = tmp_path_factory.mktemp("store")
     home = root / "bentoml"
     for name in ("net", "dense"):
@@ -79,6 +86,7 @@ def store(tmp_path_factory) -> Path:
             check=False, cwd=ROOT, env=server_env(home), capture_output=True, text=True,
             timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
+    _STORES["home"] = home
     return home
 
 
@@ -210,53 +218,33 @@ def test_decompression_bomb_and_oversized_body(server):
     assert r.status_code == 413 and "16 MiB" in r.json()["error"]
 
 
-def batch_histogram(server) -> tuple[float, float]:
-    """(sum, count) of BentoML's adaptive batch size histogram for /predict."""
-    total = count = 0.0
-    for line in server.get("/metrics").text.splitlines():
-        if line.startswith("bentoml_service_adaptive_batch_size_") and 'method_name="predict"' in line:
-            if "_sum{" in line:
-                total += float(line.rsplit(" ", 1)[1])
-            elif "_count{" in line:
-                count += float(line.rsplit(" ", 1)[1])
-    return total, count
-
-
 def natural_stats(server) -> tuple[int, int]:
     stats = server.get("/info").json()["batching"]["natural"]["convnet"]
     return stats["requests"], stats["calls"]
 
 
 def test_concurrent_requests_are_batched(server):
-    """32 clients at once: BentoML's adaptive batching (JSON /predict) and the service's own
-    batcher (.npy /predict, /classify) both make fewer model calls than requests."""
-    one = npy(X[:1])
+    """32 clients at once, each encoding of each route: fewer model calls than requests, and
+    every reply says the size of the model call it rode in."""
+    as_npy = npy(X[:1])
     as_json = {"images": X[:1].tolist()}
     image = png()
-
-    def predict_json(_):
-        return server.post("/predict", json=as_json).status_code
-
-    def predict_npy(_):
-        return server.post("/predict", content=one,
-                           headers={"content-type": "application/x-npy"}).status_code
-
-    def classify(_):
-        return server.post("/classify", files=files(image)).status_code
-
-    sum0, count0 = batch_histogram(server)
-    with ThreadPoolExecutor(32) as pool:
-        assert set(pool.map(predict_json, range(128))) == {200}
-    sum1, count1 = batch_histogram(server)
-    requests, batches = sum1 - sum0, count1 - count0
-    assert requests == 128 and 0 < batches < requests, (requests, batches)
-
-    for call in (predict_npy, classify):
+    calls = {
+        "predict_json": lambda: server.post("/predict", json=as_json),
+        "predict_npy": lambda: server.post("/predict", content=as_npy,
+                                           headers={"content-type": "application/x-npy"}),
+        "classify": lambda: server.post("/classify", files=files(image)),
+    }
+    for name, call in calls.items():
         requests0, calls0 = natural_stats(server)
         with ThreadPoolExecutor(32) as pool:
-            assert set(pool.map(call, range(128))) == {200}
+            replies = list(pool.map(lambda _, c=call: c(), range(128)))
+        assert {r.status_code for r in replies} == {200}, name
+        sizes = [int(r.headers["x-batch-size"]) for r in replies]
+        assert all(float(r.headers["x-queue-ms"]) >= 0 for r in replies)
         requests1, calls1 = natural_stats(server)
-        assert requests1 - requests0 == 128 and calls1 - calls0 < 128, call.__name__
+        assert requests1 - requests0 == 128 and calls1 - calls0 < 128, name
+        assert min(sizes) >= 1 and max(sizes) > 1, (name, sizes)
 
 
 def metric(server, name: str, **labels: str) -> float:
@@ -277,24 +265,26 @@ def test_metrics_and_openapi(server):
 
 
 def test_requests_in_front_of_bentoml_are_counted_in_metrics(server):
-    """The .npy lane and the limits answer before BentoML's metrics middleware; they count
-    their own requests on the same /metrics page."""
+    """The request layer and the limits answer before BentoML's metrics middleware; they count
+    their own requests, and every request's batch size, on the same /metrics page."""
     ok, bad = npy(X[:1]), b"not an npy file"
-    counts0 = [metric(server, "cifar2_fast_predict_request_total", http_response_code=code)
-               for code in ("200", "400")]
-    seconds0 = metric(server, "cifar2_fast_predict_request_duration_seconds_count")
-    too_large0 = metric(server, "cifar2_rejected_request_total", reason="body_too_large")
+
+    def counts():
+        return ([metric(server, "cifar2_request_total", route="/predict", http_response_code=c)
+                 for c in ("200", "400")]
+                + [metric(server, "cifar2_request_duration_seconds_count", route="/predict"),
+                   metric(server, "cifar2_batch_size_count", route="/predict"),
+                   metric(server, "cifar2_batch_size_count", route="/classify"),
+                   metric(server, "cifar2_rejected_request_total", reason="body_too_large")])
+
+    before = counts()
     for body, n in ((ok, 3), (bad, 2)):
         for _ in range(n):
             server.post("/predict", content=body, headers={"content-type": "application/x-npy"})
+    server.post("/classify", files=files(png()))
     server.post("/predict", content=b"\0" * (16 * 2**20 + 1),
                 headers={"content-type": "application/x-npy"})
-    counts1 = [metric(server, "cifar2_fast_predict_request_total", http_response_code=code)
-               for code in ("200", "400")]
-    assert [b - a for a, b in zip(counts0, counts1)] == [3, 2]
-    assert metric(server, "cifar2_fast_predict_request_duration_seconds_count") - seconds0 == 5
-    assert metric(server, "cifar2_rejected_request_total", reason="body_too_large") \
-        - too_large0 == 1
+    assert [b - a for a, b in zip(before, counts())] == [3, 2, 5, 3, 1, 1]
 
 
 def test_cuda_device_without_gpu_fails_readiness_clearly(store, tmp_path):
@@ -330,3 +320,57 @@ def test_client_cli(server, tmp_path, capsys):
     assert main([str(a), str(bad), "--url", url]) == 2
     assert "image 1" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.png"), "--url", url]) == 2
+
+
+@pytest.fixture(scope="module")
+def bentoml_path(store, tmp_path_factory):
+    """The same service with CIFAR2_FAST_PATH=off: /predict, /classify and /compare through
+    BentoML's IO layer and the @bentoml.api methods; the default image limit (1,024)."""
+    log = tmp_path_factory.mktemp("serve-bentoml-path") / "serve.log"
+    proc, url = start_server(server_env(store, CIFAR2_FAST_PATH="off"), free_port(), log)
+    with httpx.Client(base_url=url, timeout=60) as client:
+        yield client
+    stop(proc)
+
+
+def test_both_paths_give_the_same_answers(server, bentoml_path):
+    images = [png((200, 30, 30)), png((30, 200, 30), (100, 60)), png((9, 9, 9, 0), (40, 40),
+                                                                    "RGBA")]
+    requests = [
+        ("/predict", {"json": {"images": X.tolist()}}),
+        ("/predict", {"content": npy(X), "headers": {"content-type": "application/x-npy"}}),
+        ("/predict", {"files": [("images", ("x.npy", npy(X)))]}),
+        ("/classify", {"files": files(*images), "data": {"model": "dense"}}),
+        ("/compare", {"files": files(*images)}),
+    ]
+    for path, kwargs in requests:
+        fast, slow = server.post(path, **kwargs), bentoml_path.post(path, **kwargs)
+        assert fast.status_code == slow.status_code == 200, (path, fast.text, slow.text)
+        for r in (fast, slow):
+            assert int(r.headers["x-batch-size"]) >= 1 and float(r.headers["x-queue-ms"]) >= 0
+        a, b = fast.json(), slow.json()
+        if path == "/compare":  # timings and batch figures differ from run to run
+            for body in (a, b):
+                for m in body["models"].values():
+                    m.pop("inference_ms"), m.pop("batch_size"), m.pop("queue_ms")
+        if path == "/predict":
+            assert np.allclose(a, b, atol=1e-6), path
+        else:
+            assert a == b, path
+    assert bentoml_path.get("/info").json()["fast_path"] is False
+
+
+def test_the_image_limit_itself_is_accepted_on_the_bentoml_path(bentoml_path):
+    """Starlette's form parser stops at 1,000 files with its own error; the limit is ours."""
+    tiny = png(size=(2, 2))
+    r = bentoml_path.post("/classify", files=files(*[tiny] * 1024))
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 1024, r.text[:300]
+    r = bentoml_path.post("/classify", files=files(*[tiny] * 1025))
+    assert r.status_code == 413 and "limit is 1024" in r.text, r.text[:300]
+
+
+def test_the_image_limit_itself_is_accepted_on_the_fast_path(server):
+    r = server.post("/classify", files=files(*[png(size=(2, 2))] * 16))
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 16
+    r = server.post("/compare", files=files(*[png(size=(2, 2))] * 17))
+    assert r.status_code == 413 and "limit is 16" in r.json()["error"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import pickle
 import threading
 import time
@@ -18,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service import fastpath
+from service import routes
 from service.batcher import MicroBatcher
 from service.errors import BadInput
 from service.images import decode_image, decode_images
@@ -197,7 +198,8 @@ def test_micro_batcher_batches_concurrent_requests_in_order():
 
     def model(x):
         calls.append(len(x))
-        return x[:, 0, 0, :2].astype(np.float32)
+        out = x[:, 0, 0, :2].astype(np.float32)
+        return -out, out
 
     async def run():
         batcher = MicroBatcher(model, max_batch=64)
@@ -206,9 +208,12 @@ def test_micro_batcher_batches_concurrent_requests_in_order():
         return inputs, outs, batcher.stats()
 
     inputs, outs, stats = asyncio.run(run())
-    for x, (probs, ms) in zip(inputs, outs):
-        assert probs.shape == (len(x), 2) and np.all(probs == x[0, 0, 0, 0]) and ms >= 0
+    for x, ran in zip(inputs, outs):
+        assert ran.probs.shape == (len(x), 2) and np.all(ran.probs == x[0, 0, 0, 0])
+        assert np.all(ran.logits == -ran.probs) and ran.inference_ms >= 0 and ran.queue_ms >= 0
     assert sum(calls) == 8 and len(calls) < 5  # fewer ORT calls than requests
+    # each request learns the size of the model call it rode in
+    assert outs[0].batch_size == calls[0] and {r.batch_size for r in outs} <= set(calls)
     assert stats["requests"] == 5 and stats["calls"] == len(calls)
 
 
@@ -217,7 +222,7 @@ def test_micro_batcher_respects_max_batch_and_off_switch():
 
     def model(x):
         sizes.append(len(x))
-        return np.zeros((len(x), 2), np.float32)
+        return np.zeros((len(x), 2), np.float32), np.zeros((len(x), 2), np.float32)
 
     async def run(enabled):
         b = MicroBatcher(model, max_batch=4, enabled=enabled)
@@ -233,7 +238,6 @@ def test_micro_batcher_respects_max_batch_and_off_switch():
 def test_micro_batcher_times_out_a_stuck_model_call():
     def stuck(x):
         time.sleep(0.5)
-        return np.zeros((len(x), 2), np.float32)
 
     async def run():
         batcher = MicroBatcher(stuck, max_batch=4, timeout_s=0.05, inline_max=0)
@@ -248,7 +252,7 @@ def test_micro_batcher_runs_small_batches_inline_and_big_ones_in_a_thread():
 
     def model(x):
         threads[len(x)] = threading.current_thread()
-        return np.zeros((len(x), 2), np.float32)
+        return np.zeros((len(x), 2), np.float32), np.zeros((len(x), 2), np.float32)
 
     async def run():
         b = MicroBatcher(model, max_batch=64, inline_max=8)
@@ -260,31 +264,41 @@ def test_micro_batcher_runs_small_batches_inline_and_big_ones_in_a_thread():
 
 
 class _Served:
-    """What the .npy lane needs of the running service: its batchers."""
+    """What the request layer needs of the running service: its batchers."""
 
     def __init__(self, model, timeout_s=60.0):
         self.batchers = {"convnet": MicroBatcher(model, max_batch=64, timeout_s=timeout_s,
                                                  inline_max=0)}
 
 
+def _halves(x):
+    p = np.full((len(x), 2), 0.5, np.float32)
+    return p, p
+
+
 @pytest.mark.parametrize("model, timeout_s, status, words", [
-    (lambda x: np.full((len(x), 2), 0.5, np.float32), 60.0, 200, None),
+    (_halves, 60.0, 200, None),
     (lambda x: time.sleep(0.5), 0.05, 504, "longer than 0.05 s"),
     (lambda x: 1 / 0, 60.0, 500, "inference failed: ZeroDivisionError"),
 ])
-def test_npy_lane_answers_json_for_success_timeout_and_model_failure(model, timeout_s, status,
-                                                                     words):
-    """The lane sits in front of BentoML's error middleware: every outcome is a JSON reply."""
-    got, reply = asyncio.run(fastpath._answer(_Served(model, timeout_s),
-                                              npy(np.zeros((2, 3, 32, 32), np.uint8))))
-    assert got == status
+def test_request_layer_answers_json_for_success_timeout_and_model_failure(
+        model, timeout_s, status, words, monkeypatch):
+    """The layer sits in front of BentoML's error middleware: every outcome is a JSON reply."""
+    monkeypatch.setattr(routes, "get_current_service", lambda: _Served(model, timeout_s))
+    scope = {"type": "http", "method": "POST", "path": "/predict",
+             "headers": [(b"content-type", b"application/x-npy")]}
+    reply = asyncio.run(routes.RequestLayer(None)._answer(
+        routes.predict, scope, npy(np.zeros((2, 3, 32, 32), np.uint8)), {}))
+    assert reply.status == status
+    body = json.loads(reply.body)
     if words:
-        assert words in reply["error"]
+        assert words in body["error"]
     else:
-        assert reply == [[0.5, 0.5], [0.5, 0.5]]
+        assert body == [[0.5, 0.5], [0.5, 0.5]]
+        assert (b"x-batch-size", b"2") in reply.headers
 
 
-def test_front_door_puts_limits_gate_and_npy_lane_before_bentoml():
+def test_front_door_puts_limits_gate_and_request_layer_before_bentoml():
     from service.service import CIFAR2
 
     app = CIFAR2.to_asgi(is_main=True)
@@ -292,5 +306,6 @@ def test_front_door_puts_limits_gate_and_npy_lane_before_bentoml():
     while type(app).__module__.startswith("service."):
         chain.append(type(app).__name__)
         app = app.app
-    assert chain == ["RequestLimits", "ReadyGate", "NpyPredictRoute"]
+    order = [chain.index(name) for name in ("RequestLimits", "ReadyGate", "RequestLayer")]
+    assert order == sorted(order) and chain[-1] == "RequestLayer"
     assert isinstance(app, Starlette)  # BentoML's app, with its own middlewares, comes next
