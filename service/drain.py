@@ -1,0 +1,180 @@
+"""Graceful stop: on SIGTERM a worker fails readiness at once, keeps serving for CIFAR2_DRAIN_S
+seconds (lame duck), then stops taking connections, finishes the requests in flight and exits.
+
+    CIFAR2_DRAIN_S=5 bentoml serve      # then: kill -TERM <pid>   (or docker stop, kubectl delete)
+
+How the signal travels. ``bentoml serve`` is a circus arbiter (PID 1 in the container) holding the
+listening socket, with uvicorn worker processes accepting on it. On SIGTERM the arbiter sends
+SIGTERM to every worker and waits for them (BentoML sets no kill timeout), then closes the socket
+and exits 0. Left alone, uvicorn stops accepting the moment it gets the signal, so readiness never
+gets a chance to say "not ready" while the load balancer still sends traffic, and connections that
+the kernel already queued on the shared socket were reset when the arbiter closed it: their
+requests were sent but never answered.
+
+So each worker replaces uvicorn's SIGTERM handler (at ASGI lifespan startup, after uvicorn has
+installed its own) with this sequence:
+1. readiness false at once: /readyz and /v2/health/ready answer 503, every reply carries
+   ``Connection: close`` so keep-alive clients reconnect (through the LB, to another replica);
+2. serve normally for CIFAR2_DRAIN_S seconds, the time LBs and Kubernetes endpoints need to
+   take the replica out;
+3. refuse new connections: a drop-everything socket filter on the shared listening socket makes
+   the kernel ignore new SYNs (clients retry and get "connection refused" once the socket
+   closes) while the workers accept what is already queued; wait until that queue is empty;
+4. hand over to uvicorn's own graceful shutdown: close the listener, let in-flight requests
+   finish, exit. SIGINT (Ctrl-C) and a second SIGTERM skip the lame duck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+
+from service import config
+from service.replies import send_json
+
+logger = logging.getLogger("cifar2.drain")
+
+READY_PATHS = ("/readyz", "/v2/health/ready")
+_SO_ATTACH_FILTER = 26  # Linux, <asm-generic/socket.h>
+_BACKLOG_WAIT_S = 2.0   # longest wait for the kernel's accept queue to empty
+_SETTLE_S = 0.3         # let the last accepted connections send their request line
+
+
+def drain_seconds() -> int:
+    """CIFAR2_DRAIN_S, whole seconds (default 5): inside docker stop's 10 s and Kubernetes' 30 s."""
+    return config._int("CIFAR2_DRAIN_S", 5)  # the one parser of the service's integer knobs
+
+
+class State:
+    draining = False
+    since: float | None = None
+    in_flight = 0
+    installed = False
+
+
+STATE = State()
+
+
+class Drain:
+    """ASGI middleware: the readiness answer and Connection: close while draining, the count of
+    requests in flight, and the SIGTERM hook (installed at lifespan startup)."""
+
+    def __init__(self, app, drain_s: int | None = None):
+        self.app = app
+        self.drain_s = drain_seconds() if drain_s is None else drain_s
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            install(self.drain_s)
+            return await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if STATE.draining and scope["path"].rstrip("/") in READY_PATHS:
+            return await send_json(send, 503, {"error": "not ready: draining, this replica "
+                                               "is shutting down"}, ((b"connection", b"close"),))
+        STATE.in_flight += 1
+        try:
+            await self.app(scope, receive, _close_when_draining(send))
+        finally:
+            STATE.in_flight -= 1
+
+
+def _close_when_draining(send):
+    async def wrapped(message):
+        if STATE.draining and message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+    return wrapped
+
+
+def install(drain_s: float) -> None:
+    """Wrap the running server's SIGTERM/SIGINT handler (uvicorn's) with the drain sequence."""
+    if STATE.installed or threading.current_thread() is not threading.main_thread():
+        return
+    server_exit = signal.getsignal(signal.SIGTERM)
+    if not callable(server_exit):  # not under a server that handles SIGTERM: nothing to wrap
+        return
+    loop = asyncio.get_running_loop()
+    STATE.installed = True
+
+    def on_signal(sig, frame):
+        if STATE.draining or sig != signal.SIGTERM or drain_s == 0:
+            if not STATE.draining:
+                STATE.draining, STATE.since = True, time.monotonic()
+            return server_exit(sig, frame)  # stop now (uvicorn still finishes in-flight work)
+        STATE.draining, STATE.since = True, time.monotonic()
+        logger.warning("SIGTERM: readiness is false; serving %.1f s more before stopping", drain_s)
+        loop.call_soon_threadsafe(_start, loop, server_exit, sig, drain_s)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def _start(loop, server_exit, sig, drain_s):
+    loop.create_task(_lame_duck(server_exit, sig, drain_s))
+
+
+async def _lame_duck(server_exit, sig, drain_s: float) -> None:
+    await asyncio.sleep(drain_s)
+    listeners = _listening_sockets(server_exit)
+    for sock in listeners:
+        _refuse_new_connections(sock)
+    deadline = time.monotonic() + _BACKLOG_WAIT_S
+    while time.monotonic() < deadline and any(_queued(s) for s in listeners):
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(_SETTLE_S)
+    for sock in listeners:
+        sock.close()  # our duplicate only; uvicorn closes its own
+    logger.warning("drained: no new connections; finishing %d request(s) in flight", STATE.in_flight)
+    server_exit(sig, None)
+
+
+def _listening_sockets(server_exit) -> list[socket.socket]:
+    """The uvicorn server's listening sockets, as socket objects on duplicated fds."""
+    server = getattr(server_exit, "__self__", None)
+    found = []
+    for srv in getattr(server, "servers", None) or []:
+        for s in srv.sockets or ():
+            if s.family in (socket.AF_INET, socket.AF_INET6):
+                found.append(socket.socket(fileno=os.dup(s.fileno())))
+    return found
+
+
+def _refuse_new_connections(sock: socket.socket) -> None:
+    """Attach a one-instruction BPF program (``ret 0``: drop) to the listening socket.
+
+    The socket is shared by the arbiter and every worker, so this acts for all of them: new SYNs
+    are dropped, while connections the kernel already completed stay queued for accept().
+    Closing the socket instead would reset those queued connections, whose requests are sent.
+    """
+    class SockFilter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                    ("k", ctypes.c_uint32)]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(SockFilter))]
+
+    program = (SockFilter * 1)(SockFilter(0x06, 0, 0, 0))  # BPF_RET | BPF_K, 0
+    fprog = SockFprog(1, program)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, bytes(fprog))
+    except OSError as e:  # not Linux: uvicorn's own close still stops new connections
+        logger.warning("could not filter new connections (%s); closing the listener instead", e)
+
+
+def _queued(sock: socket.socket) -> int:
+    """Connections waiting in the kernel's accept queue (TCP_INFO tcpi_unacked on a listener)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    except (OSError, AttributeError):
+        return 0
+    # struct tcp_info: 8 x u8, then u32 rto, ato, snd_mss, rcv_mss, unacked (offset 24).
+    return struct.unpack_from("I", info, 24)[0]
