@@ -7,12 +7,15 @@
 
 (`make bench-peers` runs the full one.) Each round starts every server in turn on the same
 machine: ours (`bentoml serve` from the repository root, default settings: 2 workers), LitServe
-at each --litserve shape (API servers x inference workers) and Ray Serve at each --ray replica
-count, all peers on ONNX Runtime CPU with one intra-op thread per worker, as ours. Each server
-gets one check (its answers must equal ours), a short warm-up, then wrk at --concurrency with
-two bodies: one image as JSON to /predict ({"images": [[[[...]]]]}), and 64 JPEGs (32x32) in
-one multipart request to /classify. Every cell is the median over --repeat rounds; the table
-shows each peer at its best shape, and "ours / peer" is our req/s over the peer's.
+at each --litserve shape (API servers x inference workers, on its ZeroMQ queue) and Ray Serve
+at each --ray replica count. The peers batch as documented (LitServe's max_batch_size and
+batch_timeout, Ray's @serve.batch), up to 32 requests or 5 ms, on ONNX Runtime CPU with one
+intra-op thread per worker, as ours. Each server gets one check (its answers must equal ours),
+a short warm-up, then wrk at --concurrency with two bodies: one image as JSON to /predict
+({"images": [[[[...]]]]}), and 64 JPEGs (32x32) in one multipart request to /classify. Every
+cell is the median over --repeat rounds; the table shows each peer at its best shape, and
+"ours / this" is our req/s over that server's. Numbers worth reporting come from a quiet
+machine: all servers share its cores with wrk.
 
 Needs wrk (`apt-get install wrk`), the peers' venv (`make peers-venv`), and cifar2-net /
 cifar2-dense in the model store (`make models`), or --model PATH for the peers' model.onnx.
@@ -103,7 +106,8 @@ def servers(args, model: str, peers_python: str, env: dict) -> list[dict]:
                         "shape": f"{plural(api, 'API server')} x {plural(workers, 'worker')}",
                         "cmd": [peers_python, "-m", "bench.peers.litserve_app", model,
                                 "--api-servers", api, "--workers", workers, *batching,
-                                "--batch-timeout", str(args.batch_timeout)],
+                                "--batch-timeout", str(args.batch_timeout),
+                                *(["--fast-queue"] if args.litserve_queue == "zmq" else [])],
                         "env": peer_env, "ready": "/health"})
     if "ray" in args.servers:
         for replicas in args.ray:
@@ -268,6 +272,9 @@ def main() -> None:
                    choices=["ours", "litserve", "ray"])
     p.add_argument("--litserve", nargs="+", default=["1x1", "2x1", "1x2", "2x2"],
                    help="LitServe shapes, API servers x inference workers")
+    # LitServe documents its ZeroMQ queue (fast_queue) for "hundreds of requests per second".
+    p.add_argument("--litserve-queue", choices=["zmq", "mp"], default="zmq",
+                   help="between LitServe's API servers and workers: ZeroMQ or multiprocessing")
     p.add_argument("--ray", nargs="+", type=int, default=[1, 2], help="Ray Serve replica counts")
     p.add_argument("--max-batch-size", type=int, default=32, help="the peers' batch limit")
     p.add_argument("--batch-timeout", type=float, default=0.005,
@@ -333,6 +340,7 @@ def main() -> None:
          "repeat": args.repeat, "model": args.tag or Path(model).name, "peer_versions": versions,
          "peer_batching": {"max_batch_size": args.max_batch_size,
                            "batch_timeout_s": args.batch_timeout},
+         "litserve_queue": args.litserve_queue,
          "best": [{k: v for k, v in r.items() if k != "runs"} for r in rows],
          "results": results}, indent=1))
     print(f"\nEach server at its best shape; median of {args.repeat} run(s) of {args.duration:g} s:")
