@@ -1,17 +1,22 @@
-"""HTTP load benchmark of the service with wrk, next to a raw-uvicorn ceiling in the same run.
+"""HTTP load benchmark of the service with wrk, next to a like-for-like ceiling in the same run.
 
-    python -m bench.bench_http                     # ~10 min; table + docs/bench_http.png
-    python -m bench.bench_http --duration 5 --repeat 1 --concurrency 1 32
+    python -m bench.bench_http                     # ~12 min; tables + docs/bench_http.png
+    python -m bench.bench_http --duration 5 --repeat 1 --concurrency 32
     BENTOML_HOME=/tmp/home python -m bench.bench_http --out /tmp/b
 
-Starts `bentoml serve` itself three times: batching on (the defaults), batching off
-(CIFAR2_BATCHING=off), and the BentoML path for .npy bodies (CIFAR2_FAST_NPY=off), and
-bench/raw_asgi.py (the ceiling: uvicorn, no framework, no model, same request bodies), which
-stays up on the next port: each single-image /predict run is paired with a ceiling run right
-before it, so "% of ceiling" compares runs that saw the same load from other jobs.
-Single-image /predict (.npy body) and /classify (multipart PNG) at each concurrency, plus bulk
-/predict with 1024 images per request. With --repeat N every cell is the median of N runs.
-Needs wrk (`apt-get install wrk`) and cifar2-net / cifar2-dense in the model store.
+Starts `bentoml serve` once per mode: "fast path" (the defaults: every route through the
+request layer, service/routes.py), "bentoml path" (CIFAR2_FAST_PATH=off: /predict and /classify
+through BentoML's IO layer) and, with --modes, "batching off" (CIFAR2_BATCHING=off). The
+ceiling, bench/raw_asgi.py, is uvicorn with the service's own decoders and no framework,
+batcher or model, with as many workers as the service; it stays up on the next port, and each
+single-image run is paired with a ceiling run of the same body right before it, so "% of
+ceiling" compares runs that saw the same load from other jobs.
+Single-image requests of each encoding: V2 binary infer (tritonclient's form), JSON /predict
+(bentoml.SyncHTTPClient's form), .npy /predict, /classify with one JPEG; plus bulk /predict
+with 1,024 images per request against ONNX Runtime in-process. The decoders are also timed on
+their own, in-process, to say what share of a request decoding is. With --repeat N every cell
+is the median of N runs. Needs wrk (`apt-get install wrk`) and cifar2-net / cifar2-dense in
+the model store.
 """
 
 from __future__ import annotations
@@ -36,11 +41,16 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 BOUNDARY = "cifar2benchboundary"
 
-# wrk script: the body and content type come from files; `done` prints one JSON line.
+# wrk script: the body, content type and any extra header come from files and the environment;
+# `done` prints one JSON line.
 LUA = """
 local f = io.open(os.getenv("BENCH_BODY"), "rb"); local body = f:read("*a"); f:close()
 wrk.method = "POST"; wrk.body = body
 wrk.headers["Content-Type"] = os.getenv("BENCH_CTYPE")
+local extra = os.getenv("BENCH_HEADER")
+if extra and extra ~= "" then
+  local k, v = extra:match("^([^:]+):%s*(.*)$"); wrk.headers[k] = v
+end
 function done(s, lat, req)
   io.write(string.format('RESULT {"requests": %d, "seconds": %f, "connect": %d, "read": %d, ' ..
     '"write": %d, "status": %d, "timeout": %d, "p50_ms": %f, "p99_ms": %f}\\n',
@@ -49,27 +59,53 @@ function done(s, lat, req)
 end
 """
 
+# body name -> route; the single-image bodies are the encodings users send most.
+ROUTES = {"v2bin1": "/v2/models/convnet/infer", "json1": "/predict", "npy1": "/predict",
+          "jpg1": "/classify", "png1": "/classify", "npy1024": "/predict"}
+SINGLE = ("v2bin1", "json1", "npy1", "jpg1")
+LABELS = {"v2bin1": "V2 infer, binary", "json1": "/predict, JSON", "npy1": "/predict, .npy",
+          "jpg1": "/classify, JPEG", "png1": "/classify, PNG", "npy1024": "/predict, .npy"}
+
 
 def bodies(tmp: Path) -> dict[str, tuple[Path, str, int]]:
-    """name -> (body file, content type, images per request)."""
+    """name -> (body file, content type, images per request). A body that needs one more
+    header (V2's Inference-Header-Content-Length) has it in a sidecar file NAME.header."""
     rng = np.random.default_rng(0)
     one = rng.integers(0, 256, (1, 3, 32, 32), dtype=np.uint8)
     bulk = rng.integers(0, 256, (1024, 3, 32, 32), dtype=np.uint8)
-    png = io.BytesIO()
+    png, jpg = io.BytesIO(), io.BytesIO()
     Image.fromarray(one[0].transpose(1, 2, 0)).save(png, "PNG")
-    multipart = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"images\"; "
-                 f"filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + \
-        png.getvalue() + f"\r\n--{BOUNDARY}--\r\n".encode()
+    # A smooth, photo-like 32x32 picture, so the JPEG is of usual size.
+    small = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    small.resize((32, 32), Image.Resampling.BICUBIC).save(jpg, "JPEG", quality=90)
+    v2_header = json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 32, 32],
+                                        "datatype": "UINT8",
+                                        "parameters": {"binary_data_size": 3072}}],
+                            "parameters": {"binary_data_output": True}}).encode()
     out = {}
-    for name, data, ctype, n in [
-        ("npy1", _npy(one), "application/x-npy", 1),
-        ("npy1024", _npy(bulk), "application/x-npy", 1024),
-        ("png1", multipart, f"multipart/form-data; boundary={BOUNDARY}", 1),
+    for name, data, ctype, n, header in [
+        ("v2bin1", v2_header + one.tobytes(), "application/octet-stream", 1,
+         f"Inference-Header-Content-Length: {len(v2_header)}"),
+        ("json1", json.dumps({"images": one.tolist()}).encode(), "application/json", 1, ""),
+        ("npy1", _npy(one), "application/x-npy", 1, ""),
+        ("npy1024", _npy(bulk), "application/x-npy", 1024, ""),
+        ("jpg1", _multipart(jpg.getvalue(), "x.jpg"), f"multipart/form-data; boundary={BOUNDARY}",
+         1, ""),
+        ("png1", _multipart(png.getvalue(), "x.png"), f"multipart/form-data; boundary={BOUNDARY}",
+         1, ""),
     ]:
         path = tmp / name
         path.write_bytes(data)
+        if header:
+            path.with_suffix(".header").write_text(header)
         out[name] = (path, ctype, n)
     return out
+
+
+def _multipart(data: bytes, filename: str) -> bytes:
+    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"images\"; "
+            f"filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            ).encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
 def _npy(arr: np.ndarray) -> bytes:
@@ -80,7 +116,9 @@ def _npy(arr: np.ndarray) -> bytes:
 
 def wrk(url: str, body: tuple[Path, str, int], conc: int, seconds: float, lua: Path) -> dict:
     path, ctype, _ = body
-    env = {**os.environ, "BENCH_BODY": str(path), "BENCH_CTYPE": ctype}
+    header = path.with_suffix(".header")
+    env = {**os.environ, "BENCH_BODY": str(path), "BENCH_CTYPE": ctype,
+           "BENCH_HEADER": header.read_text() if header.exists() else ""}
     cmd = ["wrk", f"-t{min(conc, 2)}", f"-c{conc}", f"-d{seconds:g}s", "--timeout", "5s",
            "-s", str(lua), url]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -118,11 +156,29 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+MODES = {  # server mode -> its environment
+    "fast path": {},
+    "bentoml path": {"CIFAR2_FAST_PATH": "off"},
+    "batching off": {"CIFAR2_BATCHING": "off"},
+}
+
+
+def plan(mode: str, concurrency: list[int]) -> list[tuple[str, list[int]]]:
+    """(body, concurrencies) measured on a server mode."""
+    if mode == "fast path":
+        return [(b, concurrency) for b in SINGLE] + [("npy1024", [1, 2, 4])]
+    if mode == "bentoml path":  # V2 has no BentoML path
+        return [(b, [32]) for b in SINGLE if b != "v2bin1"]
+    return [("npy1", concurrency), ("npy1024", [1, 2, 4])]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
-    p.add_argument("--duration", type=float, default=8, help="seconds per wrk run")
+    p.add_argument("--duration", type=float, default=5, help="seconds per wrk run")
     p.add_argument("--repeat", type=int, default=3, help="runs per cell; the median is shown")
+    p.add_argument("--modes", nargs="+", default=["fast path", "bentoml path"],
+                   choices=list(MODES))
     p.add_argument("--port", type=int, default=3100)
     p.add_argument("--out", type=Path, default=ROOT / "docs", help="where the PNG/JSON go")
     args = p.parse_args()
@@ -134,47 +190,40 @@ def main() -> None:
     lua.write_text(LUA)
     data = bodies(tmp)
     base = f"http://127.0.0.1:{args.port}"
-    ceiling_url = f"http://127.0.0.1:{args.port + 1}/predict"
+    ceiling_base = f"http://127.0.0.1:{args.port + 1}"
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True"}
-    # server -> [(route, body, concurrency list)]
-    plan = {}
-    for mode in ("on", "off"):
-        plan[f"batching {mode}"] = [("predict", "npy1", args.concurrency),
-                                    ("classify", "png1", args.concurrency),
-                                    ("predict", "npy1024", [1, 2, 4])]
-    # The same .npy requests through BentoML's own IO layer and CorkDispatcher.
-    plan["bentoml path"] = [("predict", "npy1", args.concurrency)]
-    paired = sum(len(c) for v in plan.values() for r, b, c in v if b == "npy1")
-    runs = (sum(len(c) for v in plan.values() for _, _, c in v) + paired) * args.repeat
+    workers = env.get("CIFAR2_WORKERS", "2")
+    plans = {mode: plan(mode, args.concurrency) for mode in args.modes}
+    runs = sum(len(cs) * (2 if data[b][2] == 1 else 1)
+               for cells in plans.values() for b, cs in cells) * args.repeat
+    decode_us = decode_costs(data)
     bar = tqdm(total=runs, desc="wrk runs", unit="run")
     results = []
     model_only = [ort_images_per_s()]
-    # The ceiling runs all along on the next port; every single-image /predict run is paired
-    # with a ceiling run just before it, so both see the same load from other jobs.
+    # Like for like: the same decoders and as many worker processes as the service.
     ceiling = start([sys.executable, "-m", "bench.raw_asgi", "--port", str(args.port + 1),
-                     "--workers", "1"], env, ceiling_url, tmp / "raw.log")
+                     "--workers", workers], env, ceiling_base + "/predict", tmp / "raw.log")
     try:
-        for server, cells in plan.items():
+        for mode, cells in plans.items():
             cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", "--port",
                    str(args.port), "--host", "127.0.0.1"]
-            senv = {**env, "CIFAR2_BATCHING": "off" if server == "batching off" else "on",
-                    "CIFAR2_FAST_NPY": "off" if server == "bentoml path" else "on"}
-            proc = start(cmd, senv, base + "/readyz", tmp / "serve.log")
+            proc = start(cmd, {**env, **MODES[mode]}, base + "/readyz", tmp / "serve.log")
             try:
-                for route, body, concs in cells:
+                for body, concs in cells:
+                    route = ROUTES[body]
+                    wrk(base + route, data[body], 8, 1, lua)  # warm-up
                     for c in concs:
                         reps, ceil = [], []
                         for _ in range(args.repeat):
-                            if body == "npy1":
-                                ceil.append(wrk(ceiling_url, data[body], c, args.duration, lua))
+                            if data[body][2] == 1:
+                                ceil.append(wrk(ceiling_base + route, data[body], c,
+                                                args.duration, lua))
                                 bar.update()
-                            reps.append(wrk(f"{base}/{route}", data[body], c, args.duration,
-                                            lua))
+                            reps.append(wrk(base + route, data[body], c, args.duration, lua))
                             bar.update()
                         if ceil:
-                            results.append(summarize(f"ceiling ({server})", route, body, data,
-                                                     c, ceil))
-                        results.append(summarize(server, route, body, data, c, reps))
+                            results.append(summarize(f"ceiling ({mode})", body, data, c, ceil))
+                        results.append(summarize(mode, body, data, c, reps))
             finally:
                 stop(proc)
     finally:
@@ -184,18 +233,67 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_http.json").write_text(json.dumps(
         {"machine": machine(), "duration_s": args.duration, "repeat": args.repeat,
-         "model_only_images_per_s": model_only, "results": results}, indent=1))
+         "workers": int(workers), "model_only_images_per_s": model_only,
+         "decode_us": decode_us, "results": results}, indent=1))
     print(table(results))
+    print()
+    print(decode_table(decode_us, results, int(workers)))
+    ort = statistics.median(model_only)
     print(f"\nmodel only (ORT in-process, batch 1024, 2 threads, no HTTP), before and after: "
           f"{model_only[0]:,.0f} and {model_only[1]:,.0f} images/s")
+    for r in results:
+        if r["body"] == "npy1024" and r["server"] == "fast path":
+            print(f"bulk /predict c={r['concurrency']}: {r['images_per_s']:,.0f} images/s = "
+                  f"{r['images_per_s'] / ort:.0%} of in-process ORT")
     plot(results, args.out / "bench_http.png")
     print(f"\nwrote {args.out / 'bench_http.json'} and {args.out / 'bench_http.png'}")
 
 
-def summarize(server, route, body, data, c, reps) -> dict:
+def summarize(server, body, data, c, reps) -> dict:
     med = {k: statistics.median(r[k] for r in reps) for k in ("rps", "p50_ms", "p99_ms", "errors")}
-    return {"server": server, "route": route, "body": body, "images_per_request": data[body][2],
-            "concurrency": c, **med, "images_per_s": med["rps"] * data[body][2], "runs": reps}
+    return {"server": server, "route": ROUTES[body], "body": body,
+            "images_per_request": data[body][2], "concurrency": c, **med,
+            "images_per_s": med["rps"] * data[body][2], "runs": reps}
+
+
+def decode_costs(data, seconds: float = 0.5) -> dict[str, float]:
+    """Median microseconds of the service's own decoder on each single-image body, in-process:
+    what the request layer spends before the batcher (bench/raw_asgi.py runs the same)."""
+    from bench.raw_asgi import decode
+    from service.routes import Request
+
+    out = {}
+    for name in SINGLE:
+        path, ctype, _ = data[name]
+        headers = [(b"content-type", ctype.encode())]
+        sidecar = path.with_suffix(".header")
+        if sidecar.exists():
+            k, v = sidecar.read_text().split(":", 1)
+            headers.append((k.strip().lower().encode(), v.strip().encode()))
+        scope = {"type": "http", "method": "POST", "path": ROUTES[name], "headers": headers}
+        body = path.read_bytes()
+
+        async def one(scope=scope, body=body):
+            await decode(scope["path"], Request(scope, body))
+
+        times = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            _run_once(one)
+            times.append(time.perf_counter() - t0)
+        out[name] = round(statistics.median(times) * 1e6, 1)
+    return out
+
+
+def _run_once(coro_fn) -> None:
+    """Drive a coroutine that never awaits anything real, without an event loop's overhead."""
+    coro = coro_fn()
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    raise RuntimeError("the decoder awaited something; time it with an event loop")
 
 
 def ort_images_per_s(seconds: float = 3.0) -> float:
@@ -230,19 +328,32 @@ def ort_images_per_s(seconds: float = 3.0) -> float:
 
 
 def table(results: list[dict]) -> str:
-    ceiling = {(r["server"][len("ceiling ("):-1], r["concurrency"]): r["rps"]
+    ceiling = {(r["server"][len("ceiling ("):-1], r["body"], r["concurrency"]): r["rps"]
                for r in results if r["server"].startswith("ceiling")}
     rows = ["| server | request | c | req/s | images/s | p50 ms | p99 ms | errors | % of ceiling |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
-        what = f"/{r['route']} {r['images_per_request']} img ({r['body'][:3]})"
-        pct = ""
-        key = (r["server"], r["concurrency"])
-        if r["images_per_request"] == 1 and key in ceiling:
-            pct = f"{100 * r['rps'] / ceiling[key]:.1f}%"
+        what = f"{LABELS[r['body']]}, {r['images_per_request']} img"
+        key = (r["server"], r["body"], r["concurrency"])
+        pct = f"{100 * r['rps'] / ceiling[key]:.1f}%" if key in ceiling else ""
         rows.append(f"| {r['server']} | {what} | {r['concurrency']} | {r['rps']:,.0f} | "
                     f"{r['images_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                     f"{r['errors']:.0f} | {pct} |")
+    return "\n".join(rows)
+
+
+def decode_table(decode_us: dict[str, float], results: list[dict], workers: int,
+                 c: int = 32) -> str:
+    """Decoding's share of a request: its in-process cost against the worker time one request
+    gets at concurrency c on the fast path (workers / req/s)."""
+    rows = [f"| request | decode us (in-process) | worker us per request at c={c} | decode share |",
+            "| --- | ---: | ---: | ---: |"]
+    for body, us in decode_us.items():
+        r = next((r for r in results if r["server"] == "fast path" and r["body"] == body
+                  and r["concurrency"] == c), None)
+        per_request = workers * 1e6 / r["rps"] if r else float("nan")
+        rows.append(f"| {LABELS[body]} | {us:,.1f} | {per_request:,.0f} | "
+                    f"{100 * us / per_request:.1f}% |")
     return "\n".join(rows)
 
 
@@ -253,28 +364,31 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    series: dict[str, list[dict]] = {}
+    series: dict[tuple[str, str], list[dict]] = {}
     for r in results:
-        if r["images_per_request"] != 1:
-            continue
-        if r["server"].startswith("ceiling"):  # one ceiling line: the one paired with "on"
-            if r["server"] == "ceiling (batching on)":
-                series.setdefault("ceiling (raw uvicorn): /predict", []).append(r)
-            continue
-        series.setdefault(f"{r['server']}: /{r['route']}", []).append(r)
-    for name, rs in series.items():
-        rs = sorted(rs, key=lambda r: r["concurrency"])
-        ax.plot([r["rps"] for r in rs], [r["p99_ms"] for r in rs], marker="o", label=name)
-        for r in rs:
-            ax.annotate(f"c={r['concurrency']}", (r["rps"], r["p99_ms"]), fontsize=7,
-                        textcoords="offset points", xytext=(3, 3))
+        if r["images_per_request"] == 1 and r["server"] in ("fast path", "ceiling (fast path)"):
+            series.setdefault((r["server"], r["body"]), []).append(r)
+    for i, body in enumerate(SINGLE):
+        color = f"C{i}"
+        for server, style in (("fast path", "-o"), ("ceiling (fast path)", ":x")):
+            rs = sorted(series.get((server, body), []), key=lambda r: r["concurrency"])
+            if not rs:
+                continue
+            name = LABELS[body] + ("" if server == "fast path" else " (ceiling)")
+            ax.plot([r["rps"] for r in rs], [r["p99_ms"] for r in rs], style, color=color,
+                    label=name)
+            if server == "fast path":
+                for r in rs:
+                    ax.annotate(f"c={r['concurrency']}", (r["rps"], r["p99_ms"]), fontsize=7,
+                                textcoords="offset points", xytext=(3, 3))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("throughput (requests/s, 1 image each)")
     ax.set_ylabel("p99 latency (ms)")
-    ax.set_title(f"CIFAR-2 service vs raw uvicorn ceiling, wrk ({machine()})", fontsize=9)
+    ax.set_title(f"CIFAR-2 service vs like-for-like ceiling (decode only), wrk\n{machine()}",
+                 fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -1,17 +1,36 @@
-"""The ceiling for bench/bench_http.py: a bare ASGI app on uvicorn, no framework, no model.
+"""The ceiling for bench/bench_http.py: a bare ASGI app on uvicorn that decodes each request
+exactly as the service does, and has no framework, no batcher and no model.
 
-It reads the whole request body and answers every POST with a fixed 2-class JSON reply, so it
-costs what the HTTP stack costs and nothing else. Run by the benchmark, or by hand:
+Like for like: it reads the body and runs the service's own decoder for the route
+(service/routes.py: JSON or .npy /predict, the multipart image form of /classify and /compare,
+the V2 infer header and tensor), then answers a fixed 2-class JSON reply. So the gap between it
+and the service is what serving costs beyond HTTP and decoding: batching, the model, the reply,
+BentoML. Run by the benchmark, or by hand:
 
-    python -m bench.raw_asgi --port 3999 --workers 1
+    python -m bench.raw_asgi --port 3999 --workers 2
 """
 
 from __future__ import annotations
 
 import argparse
 
+from service import config, routes, v2
+from service.errors import BadInput
+
 REPLY = b"[[0.5,0.5]]"
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"11")]
+
+
+async def decode(path: str, request: routes.Request):
+    """The service's decoder for ``path``: uint8 [N,3,32,32] (or None for an unknown path)."""
+    if path == "/predict":
+        return routes.predict_images(request)
+    if path in ("/classify", "/compare"):
+        return (await routes.form_images(request))[1]
+    if path.startswith("/v2/"):
+        return v2.decode_infer(request.body, request.headers.get(v2.HEADER_LENGTH),
+                               config.MAX_IMAGES).images
+    return None
 
 
 async def app(scope, receive, send):
@@ -20,11 +39,18 @@ async def app(scope, receive, send):
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         return
-    more = True
-    while more:  # drain the body like a real handler would
+    chunks, more = [], True
+    while more:
         message = await receive()
+        chunks.append(message.get("body", b""))
         more = message.get("more_body", False)
-    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    status = 200
+    if scope["method"] == "POST":  # anything else is the benchmark asking if it is up
+        try:
+            await decode(scope["path"], routes.Request(scope, b"".join(chunks)))
+        except BadInput:
+            status = 400
+    await send({"type": "http.response.start", "status": status, "headers": HEADERS})
     await send({"type": "http.response.body", "body": REPLY})
 
 
