@@ -154,7 +154,8 @@ async function send(chunk, generation) {
     state.batch = Math.max(1, Math.floor(chunk.length / 2));
     state.queue.unshift(...chunk);
   } else if (res.status === 503) {
-    chunk.forEach((it) => fail(it, `the server is not ready: ${message}. Try again shortly.`,
+    const why = /not ready/i.test(message) ? message : `not ready: ${message}`;
+    chunk.forEach((it) => fail(it, `${why} (the server cannot classify yet; /info says why)`,
                                res.status));
   } else {
     chunk.forEach((it) => fail(it, message, res.status));
