@@ -57,5 +57,34 @@ peers-venv: $(PEERS_VENV)/.installed
 bench-peers: models peers-venv
 	$(PY) -m bench.peers.bench_peers
 
+# The GPU path in one command (docs/gpu.md). Where PyPI and runs/{net,dense}.pt are:
+#   make wheelhouse PYTHON_VERSION=3.12 && make gpu-bundle   -> wheelhouse/carry-N/, gpu-bundle/
+# on the GPU machine, with those carried (no .venv, torch or registry there): make gpu-check
+# anywhere, without a GPU (small sizes; `make test` runs it):    make gpu-check DEVICE=cpu
+DEVICE ?= cuda
+PYTHON_VERSION ?= 3.12
+GPU_BUNDLE ?= gpu-bundle
+GPU_SITE := $(CURDIR)/.gpu-site
+.PHONY: wheelhouse gpu-bundle gpu-check
+
+wheelhouse: venv
+	$(PY) -m bench.gpu.wheelhouse --python-version $(PYTHON_VERSION)
+
+gpu-bundle: venv
+	@for name in net dense; do \
+	  test -f runs/$$name.pt || { echo "runs/$$name.pt is missing: make models first" >&2; exit 2; }; \
+	  $(PY) -m export runs/$$name.pt --fp16 --quiet || exit $$?; \
+	done
+	$(PY) -m bench.gpu.pack artifacts/net artifacts/dense --out $(GPU_BUNDLE)
+
+ifeq ($(DEVICE),cpu)
+gpu-check: venv
+	$(PY) -m bench.gpu_check --device cpu --bundle $(GPU_BUNDLE) $(if $(GPU_OUT),--out $(GPU_OUT))
+else
+gpu-check:
+	$(PYTHON) bench/gpu/install.py --target $(GPU_SITE)
+	PYTHONPATH=$(GPU_SITE) $(PYTHON) -m bench.gpu_check --device $(DEVICE) --bundle $(GPU_BUNDLE) $(if $(GPU_OUT),--out $(GPU_OUT))
+endif
+
 clean:
 	rm -rf $(VENV) runs artifacts data

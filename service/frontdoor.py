@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import bentoml
 
-from service import config, drain
+from service import config, drain, openapi
 from service.info import ReadyGate
 from service.limits import RequestLimits
 from service.requestlog import RequestLog
@@ -34,7 +34,12 @@ def front(app):
 
 
 class FrontDoorService(bentoml.Service):
-    """A bentoml.Service whose ASGI app is ``front(BentoML's app)``; nothing else changes."""
+    """A bentoml.Service whose ASGI app is ``front(BentoML's app)``, and whose OpenAPI document
+    says what the front answers (service/openapi.py)."""
 
     def to_asgi(self, is_main: bool = True):
         return front(super().to_asgi(is_main))
+
+    @property
+    def openapi_spec(self):
+        return openapi.openapi_spec(super().openapi_spec)

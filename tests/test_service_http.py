@@ -91,7 +91,14 @@ def store(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(store, tmp_path_factory):
+def server(request, tmp_path_factory):
+    """`bentoml serve` on the tiny models; with CIFAR2_TEST_URL, the server already running there
+    (scripts/container_test.py runs these tests against the image, with CIFAR2_MAX_IMAGES=16)."""
+    if os.environ.get("CIFAR2_TEST_URL"):
+        with httpx.Client(base_url=os.environ["CIFAR2_TEST_URL"], timeout=30) as client:
+            yield client
+        return
+    store = request.getfixturevalue("store")
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     proc, url = start_server(server_env(store, CIFAR2_MAX_IMAGES="16"), free_port(), log)
     with httpx.Client(base_url=url, timeout=30) as client:
@@ -261,7 +268,14 @@ def test_metrics_and_openapi(server):
     metrics = server.get("/metrics")
     assert metrics.status_code == 200 and "bentoml_service_request_total" in metrics.text
     spec = server.get("/docs.json").json()
-    assert {"/classify", "/compare", "/predict"} <= set(spec["paths"])
+    assert {"/classify", "/compare", "/predict", "/v2/models/{model_name}/infer"} <= \
+        set(spec["paths"])
+    # one error shape, the statuses the front really answers, the .npy form of /predict
+    predict = spec["paths"]["/predict"]["post"]
+    assert predict["responses"]["413"]["content"]["application/json"]["schema"] == \
+        {"$ref": "#/components/schemas/Error"}
+    assert "application/x-npy" in predict["requestBody"]["content"]
+    assert "/ui" in spec["info"]["description"]
 
 
 def test_requests_in_front_of_bentoml_are_counted_in_metrics(server):

@@ -1,0 +1,143 @@
+"""A small HTTP/1.1 load generator (asyncio, keep-alive, one fixed request), for machines
+without wrk: the GPU machine may have none, and nothing can be installed there.
+
+    python -m bench.gpu.loadgen http://127.0.0.1:3000/predict --body x.npy \
+        --header 'Content-Type: application/x-npy' -c 32 --seconds 5 [--processes 4]
+
+Each connection sends the request, reads the whole reply (Content-Length or chunked), records
+the latency and sends again, until the time is up. Connections are split over --processes
+worker processes so that the client is not the bottleneck; the parent merges their counts and
+latencies. Prints one JSON line: requests, rps, p50_ms, p99_ms, errors (non-2xx replies and
+broken connections), statuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+
+def request_bytes(url: str, body: bytes, headers: list[str]) -> tuple[str, int, bytes]:
+    u = urlsplit(url)
+    head = [f"POST {u.path or '/'} HTTP/1.1", f"Host: {u.netloc}",
+            f"Content-Length: {len(body)}", *headers, "", ""]
+    return u.hostname, u.port or 80, "\r\n".join(head).encode() + body
+
+
+async def _read_reply(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    fields = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
+    if "content-length" in fields:
+        await reader.readexactly(int(fields["content-length"]))
+    elif fields.get("transfer-encoding", "").lower() == "chunked":
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            await reader.readexactly(size + 2)
+        await reader.readuntil(b"\r\n")
+    return status
+
+
+async def _connection(host, port, request, deadline, latencies, statuses) -> int:
+    errors, writer = 0, None
+    while time.perf_counter() < deadline:
+        try:
+            if writer is None:
+                reader, writer = await asyncio.open_connection(host, port)
+            t0 = time.perf_counter()
+            writer.write(request)
+            status = await _read_reply(reader)
+            latencies.append(time.perf_counter() - t0)
+            statuses[status] = statuses.get(status, 0) + 1
+            errors += not 200 <= status < 300
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+            errors += 1
+            if writer is not None:
+                writer.close()
+            writer = None
+            await asyncio.sleep(0.01)
+    if writer is not None:
+        writer.close()
+    return errors
+
+
+async def _worker(url, body, headers, connections, seconds) -> dict:
+    host, port, request = request_bytes(url, body, headers)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    deadline = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    errors = await asyncio.gather(*(_connection(host, port, request, deadline, latencies,
+                                                statuses) for _ in range(connections)))
+    return {"seconds": time.perf_counter() - t0, "errors": sum(errors), "statuses": statuses,
+            "latencies": latencies}
+
+
+def run(url: str, body: bytes, headers: list[str], concurrency: int, seconds: float,
+        processes: int = 1) -> dict:
+    """Load ``url`` with ``concurrency`` connections over ``processes`` processes; merged."""
+    processes = max(1, min(processes, concurrency))
+    split = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "body").write_bytes(body)
+        procs = [subprocess.Popen(
+            [sys.executable, "-m", "bench.gpu.loadgen", url, "--body", str(Path(tmp) / "body"),
+             "-c", str(c), "--seconds", str(seconds), "--raw", str(Path(tmp) / f"{i}.npy"),
+             *(a for h in headers for a in ("--header", h))],
+            stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
+            for i, c in enumerate(split)]
+        parts = [json.loads(p.communicate(timeout=seconds + 60)[0]) for p in procs]
+        latencies = np.concatenate([np.load(Path(tmp) / f"{i}.npy") for i in range(processes)])
+    return summarize(parts, latencies, concurrency)
+
+
+def summarize(parts: list[dict], latencies: np.ndarray, concurrency: int) -> dict:
+    statuses: dict[str, int] = {}
+    for part in parts:
+        for k, v in part["statuses"].items():
+            statuses[str(k)] = statuses.get(str(k), 0) + v
+    seconds = max(p["seconds"] for p in parts)
+    ms = latencies * 1000 if len(latencies) else np.array([np.nan])
+    return {"concurrency": concurrency, "requests": len(latencies), "seconds": seconds,
+            "rps": len(latencies) / seconds, "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)), "errors": sum(p["errors"] for p in parts),
+            "statuses": statuses}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("url")
+    p.add_argument("--body", type=Path, required=True)
+    p.add_argument("--header", action="append", default=[])
+    p.add_argument("-c", "--concurrency", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=5)
+    p.add_argument("--processes", type=int, default=max(1, (os.cpu_count() or 1) // 4))
+    p.add_argument("--raw", type=Path, help=argparse.SUPPRESS)  # worker mode: latencies file
+    args = p.parse_args(argv)
+    body = args.body.read_bytes()
+    if args.raw:  # one worker process: its own connections, latencies to a file
+        try:
+            from uvloop import run as run_loop  # the service's event loop, faster than asyncio's
+        except ImportError:
+            run_loop = asyncio.run
+        part = run_loop(_worker(args.url, body, args.header, args.concurrency, args.seconds))
+        np.save(args.raw, np.asarray(part.pop("latencies"), dtype=np.float64))
+        print(json.dumps(part))
+        return 0
+    print(json.dumps(run(args.url, body, args.header, args.concurrency, args.seconds,
+                         args.processes)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""`make gpu-check DEVICE=cpu` end to end, and the pieces the GPU machine relies on that can be
+checked without one: the wheelhouse's parts and checksums, the bundle, FLOPs from the ONNX graph,
+the real test images' eager reference, the CUDA libraries found in NVIDIA's pip packages.
+
+The CUDA steps themselves cannot run here; the report must say so, in every section.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from conftest import untrained_checkpoint
+from test_service_http import server_env
+
+from bench.gpu import pack, wheelhouse
+from bench.gpu.flops import count
+from bench.gpu.machine import NO_GPU
+from export.inputs import recorded_batches
+from export.pipeline import export_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, image_folder) -> tuple[Path, dict]:
+    """Both served models, untrained, exported with --fp16 and the (synthetic) test images,
+    packed as the GPU machine gets them."""
+    root = tmp_path_factory.mktemp("gpu_bundle")
+    folders, parities = [], {}
+    for name in ("net", "dense"):
+        ckpt = untrained_checkpoint(name, root / f"{name}.pt")
+        out, parities[name] = export_checkpoint(ckpt, root / name, data_dir=image_folder,
+                                                progress=False, batch_sizes=(1, 7, 64), fp16=True)
+        folders.append(str(out))
+    assert pack.main([*folders, "--out", str(root / "bundle"), "--data-dir",
+                      str(image_folder)]) == 0
+    return root / "bundle", parities
+
+
+def test_parity_json_keeps_the_test_images_reference(bundle, image_folder):
+    path, parities = bundle
+    images = np.load(path / "test_images.npy")
+    assert images.shape == (32, 3, 32, 32) and images.dtype == np.uint8
+    batches, refs = recorded_batches(parities["net"], images)
+    assert [b.name for b in batches] == ["random"] * 3 + ["test"]
+    assert refs[-1][0].shape == (32, 2) and np.allclose(refs[-1][1].sum(1), 1, atol=1e-6)
+    with pytest.raises(ValueError, match="not the ones exported"):
+        recorded_batches(parities["net"], images[::-1])
+
+
+def test_make_gpu_check_cpu_writes_every_section(bundle, tmp_path):
+    path, _ = bundle
+    out = tmp_path / "report"
+    # -o: the suite already runs inside .venv; do not let make rebuild it. About 15-30 s on
+    # two cores; the timeout is the bound.
+    done = subprocess.run(["make", "-s", "-o", ".venv/.installed", "gpu-check", "DEVICE=cpu",
+                           f"GPU_BUNDLE={path}", f"GPU_OUT={out}"], check=False, cwd=ROOT,
+                          env=server_env(tmp_path / "home"), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    md = (out / "gpu.md").read_text()
+    for section in ("### Machine", "### Parity", "### In-process throughput", "### HTTP",
+                    "### Goals"):
+        assert section in md
+    assert md.count(NO_GPU) >= 10 and "<!-- gpu-check report: end -->" in md
+    assert (out / "gpu_check.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = json.loads((out / "gpu_check.json").read_text())
+    assert r["machine"]["gpu"] == NO_GPU and r["machine"]["peak"] == NO_GPU
+    assert all(v == NO_GPU for _, _, v in r["goals"])
+    assert r["flops"] == {"net": 1507456, "dense": 3147776}
+    for model in ("net", "dense"):  # the carried files, checked on the CPU provider
+        p32, p16 = r["parity"][model]["onnxruntime_cpu"], r["parity"][model]["onnxruntime_cpu_fp16"]
+        assert p32["passed"] and p32["max_abs"] <= 1e-4 and p32["inputs"] == ["random", "test"]
+        assert p16["passed"] and p16["inputs"] == ["test"] and p16["images"] == 32
+    by_mode = {}
+    for row in r["sweep"]:
+        by_mode.setdefault(row["mode"], set()).add(row["status"])
+    assert by_mode["run"] == by_mode["iobinding"] == {"measured"}
+    assert by_mode["cuda_graph"] == by_mode["tensorrt"] == {NO_GPU}
+    measured = [x for x in r["sweep"] if x["status"] == "measured"]
+    assert len(measured) == 2 * 2 * 2 * 3 and all(x["images_per_s"] > 0 for x in measured)
+    assert r["http"]["runs"]["cuda"]["status"] == NO_GPU
+    cpu = r["http"]["runs"]["cpu"]
+    assert cpu["status"] == "measured", cpu
+    assert cpu["providers"] == {"convnet": "CPUExecutionProvider",
+                                "dense": "CPUExecutionProvider"}
+    for cell in cpu["cells"]:
+        assert cell["status"] == "measured", cell
+        assert cell["requests"] > 0 and cell["errors"] == 0 and cell["images_per_s"] > 0
+
+
+def test_gpu_check_refuses_what_it_cannot_run(bundle, tmp_path):
+    path, _ = bundle
+    for args, why in ((["--bundle", str(tmp_path / "none")], "make gpu-bundle"),
+                      (["--device", "cuda", "--bundle", str(path)], "no usable GPU")):
+        done = subprocess.run([sys.executable, "-m", "bench.gpu_check", *args], check=False,
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and why in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_pack_refuses_a_folder_without_the_fp16_file(exported, tmp_path, capsys):
+    _, net, _ = exported("net")  # exported without --fp16
+    assert pack.main([str(net), str(net), "--out", str(tmp_path / "b")]) == 2
+    assert "--fp16" in capsys.readouterr().err
+
+
+def test_flops_counted_from_the_onnx_graph_match_torch(bundle):
+    from bench.bench_backends import flops_per_image
+    from models.nets import build, model_args
+
+    path, _ = bundle
+    for name in ("net", "dense"):
+        counted = count(path / name / "model.onnx")
+        assert counted["flops_per_image"] == flops_per_image(build(name, **model_args(name)))
+        assert counted["uncounted"] == [] and counted["elementwise_per_image"] > 3072
+
+
+def _wheel(tmp: Path) -> Path:
+    """A real, tiny wheel of one module."""
+    whl = tmp / "gpucheck_probe-1.0-py3-none-any.whl"
+    dist = "gpucheck_probe-1.0.dist-info"
+    with zipfile.ZipFile(whl, "w") as z:
+        z.writestr("gpucheck_probe.py", "VALUE = 42\n" + "# padding\n" * 400)
+        z.writestr(f"{dist}/METADATA", "Metadata-Version: 2.1\nName: gpucheck-probe\n"
+                                        "Version: 1.0\n")
+        z.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: "
+                                    "true\nTag: py3-none-any\n")
+        z.writestr(f"{dist}/RECORD", "")
+    return whl
+
+
+def test_wheelhouse_travels_in_parts_and_installs_checked(tmp_path):
+    whl = _wheel(tmp_path)
+    house = tmp_path / "wheelhouse"
+    info = {"python_version": f"{sys.version_info.major}.{sys.version_info.minor}"}
+    manifest = wheelhouse.lay_out([whl], house, part_mib=300 / 2**20, group_mib=700 / 2**20,
+                                  info=info)
+    (entry,) = manifest["wheels"]
+    assert len(entry["parts"]) >= 2 and len(manifest["groups"]) >= 2  # cut, and spread
+
+    def install(target: str):
+        return subprocess.run([sys.executable, str(ROOT / "bench/gpu/install.py"),
+                               "--wheelhouse", str(house), "--target", str(tmp_path / target)],
+                              check=False, capture_output=True, text=True, timeout=120)
+
+    done = install("site")
+    assert done.returncode == 0, done.stderr
+    probe = subprocess.run([sys.executable, "-c", "import gpucheck_probe as p; print(p.VALUE)"],
+                           check=False, env={"PYTHONPATH": str(tmp_path / "site")},
+                           capture_output=True, text=True)
+    assert probe.stdout.strip() == "42"
+    # A damaged part is caught by its sha256, a missing folder named.
+    part = house / entry["where"][entry["parts"][0]] / entry["parts"][0]
+    part.write_bytes(b"x" + part.read_bytes()[1:])
+    shutil.rmtree(house / "joined")  # the first install's joined copy, checked, would be reused
+    done = install("site2")
+    assert done.returncode == 2 and "damaged" in done.stderr
+    missing = entry["where"][entry["parts"][-1]]
+    for f in (house / missing).iterdir():
+        f.unlink() if f.name != "manifest.json" else None
+    done = install("site3")
+    assert done.returncode == 2 and f"carry {missing}" in done.stderr
+
+
+def test_wheelhouse_asks_for_the_service_runtime_without_cuda_wheels():
+    reqs = wheelhouse.requirements(with_cuda=False)
+    assert any(r.startswith("onnxruntime-gpu>=") for r in reqs)
+    assert not any("[" in r for r in reqs) and {"httpx", "tqdm"} <= set(reqs)
+    assert any("onnxruntime-gpu[cuda,cudnn]" in r for r in wheelhouse.requirements(True))
+
+
+def test_cuda_libraries_come_from_nvidia_pip_packages():
+    from bench.gpu.cudart import CudaRuntime, cudnn_version
+    from export.runtime import preload_cuda_libraries
+
+    found = preload_cuda_libraries()
+    if not any(found.values()):
+        pytest.skip("no NVIDIA CUDA pip packages in this environment")
+    rt = CudaRuntime.load()
+    assert rt.runtime_version().split(".")[0] == str(ort.cuda_version).split(".")[0]
+    assert cudnn_version()[0].startswith("9.")
