@@ -16,6 +16,13 @@ one worker per core (+2.5% req/s, p99 at c=32 9.7 -> 8.6 ms: medians of 5 rounds
 
 Each request learns what its batch was (``Ran``): the replies carry it as X-Batch-Size and
 X-Queue-Ms, and /metrics histograms count it.
+
+Admission by expected queueing delay, not by a count of requests: the batcher knows the images
+waiting and running and what an image costs (a moving average over model calls), so it knows
+how long a new request would wait. A request whose own images would push that wait past
+``max_queue_ms`` is refused (QueueFull, answered 503 with Retry-After) unless the model is idle.
+Small requests add little, so they keep getting in while a burst of 1,024-image requests is
+being turned away, and no one waits seconds behind it.
 """
 
 from __future__ import annotations
@@ -42,21 +49,47 @@ class Ran:
     inference_ms: float  # the model call itself
 
 
+class QueueFull(Exception):
+    """The model's queue holds more work than the latency budget allows."""
+
+
 class MicroBatcher:
     def __init__(self, fn: ModelFn, max_batch: int, enabled=True, concurrency: int = 2,
-                 timeout_s: float = 60.0, inline_max: int = 32):
+                 timeout_s: float = 60.0, inline_max: int = 32, max_queue_ms: float = 0):
         self.fn = fn
         self.max_batch = max_batch
         self.enabled = enabled
         self.concurrency = max(1, concurrency)
         self.timeout_s = timeout_s
         self.inline_max = inline_max
+        self.max_queue_ms = max_queue_ms  # 0: no admission control
         self.pending: collections.deque = collections.deque()
         self.tasks: set[asyncio.Task] = set()
         self.batch_sizes: collections.Counter = collections.Counter()  # requests per ORT call
+        self.queued_images = 0  # waiting or running
+        self.ms_per_image = 0.0  # moving average over model calls; 0 until the first one
+
+    def expected_wait_ms(self, images: int = 0) -> float:
+        """How long ``images`` more would wait for their model call, at the recent speed."""
+        return (self.queued_images + images) * self.ms_per_image / self.concurrency
 
     async def __call__(self, images: np.ndarray) -> Ran:
-        """The model's outputs for ``images`` and the figures of the call they rode in."""
+        """The model's outputs for ``images`` and the figures of the call they rode in.
+        Raises QueueFull when admitting them would break the latency budget."""
+        if self.max_queue_ms and self.queued_images:
+            wait = self.expected_wait_ms(len(images))
+            if wait > self.max_queue_ms:
+                raise QueueFull(f"server busy: {self.queued_images} images are queued for this "
+                                f"model, about {wait:.0f} ms of work with these, over the "
+                                f"{self.max_queue_ms:g} ms budget (CIFAR2_MAX_QUEUE_MS); retry "
+                                "shortly, or send smaller requests")
+        self.queued_images += len(images)
+        try:
+            return await self._call(images)
+        finally:
+            self.queued_images -= len(images)
+
+    async def _call(self, images: np.ndarray) -> Ran:
         queued = time.perf_counter()
         if not self.enabled:
             (logits, probs), start, ms = await self._run([images])
@@ -96,7 +129,7 @@ class MicroBatcher:
         start = time.perf_counter()
         if len(batch) <= self.inline_max:
             out = self.fn(batch)
-            return out, start, _ms(time.perf_counter() - start)
+            return out, start, self._timed(start, len(batch))
         try:
             # One timer per model call, not per request. The thread cannot be stopped; the
             # requests waiting on it are answered instead of hanging.
@@ -104,13 +137,24 @@ class MicroBatcher:
         except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
             raise TimeoutError(f"the model took longer than {self.timeout_s:g} s for a batch of "
                                f"{len(batch)} images") from None
-        return out, start, _ms(time.perf_counter() - start)
+        return out, start, self._timed(start, len(batch))
+
+    def _timed(self, start: float, n: int) -> float:
+        """Milliseconds since ``start``; updates the cost of an image (per-call overhead
+        included, so small batches count as dearer per image, which errs on the safe side)."""
+        ms = _ms(time.perf_counter() - start)
+        per_image = ms / n
+        self.ms_per_image = per_image if not self.ms_per_image else \
+            0.9 * self.ms_per_image + 0.1 * per_image
+        return ms
 
     def stats(self) -> dict:
         calls = sum(self.batch_sizes.values())
         requests = sum(k * v for k, v in self.batch_sizes.items())
         return {"calls": calls, "requests": requests,
-                "requests_per_call": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
+                "requests_per_call": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+                "queued_images": self.queued_images,
+                "ms_per_image": round(self.ms_per_image, 4)}
 
 
 def _ms(seconds: float) -> float:

@@ -59,6 +59,9 @@ MAX_BODY_BYTES = _int("CIFAR2_MAX_BODY_MB", 16) * 1024 * 1024
 MAX_IMAGES = _int("CIFAR2_MAX_IMAGES", 1024)
 # Requests in progress per worker before new ones get 503 + Retry-After instead of queueing.
 MAX_IN_FLIGHT = _int("CIFAR2_MAX_IN_FLIGHT", 256)
+# Admission by expected queueing delay (service/batcher.py): a request that would wait longer
+# than this for its model call gets 503 + Retry-After, unless the model is idle. 0 = off.
+MAX_QUEUE_MS = _int("CIFAR2_MAX_QUEUE_MS", 500)
 # Declared pixels (width x height) above which an upload is a decompression bomb.
 MAX_IMAGE_PIXELS = _int("CIFAR2_MAX_IMAGE_PIXELS", 4096 * 4096)
 ACCESS_LOG = _flag("CIFAR2_ACCESS_LOG", False)

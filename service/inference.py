@@ -10,7 +10,7 @@ import asyncio
 import numpy as np
 
 from service import metrics
-from service.batcher import Ran
+from service.batcher import QueueFull, Ran
 from service.errors import BadInput
 from service.images import decode_images
 
@@ -37,7 +37,11 @@ def model_key(service, name) -> str:
 async def run(service, key: str, images: np.ndarray, route: str) -> Ran:
     """The model's outputs for ``images``, batched with every other request for it; the batch
     figures go to /metrics under ``route``."""
-    ran = await service.batchers[key](images)
+    try:
+        ran = await service.batchers[key](images)
+    except QueueFull as e:
+        metrics.rejected("queue_full")
+        raise BadInput(str(e), status=503) from None
     metrics.batch_done(route, ran.batch_size, ran.queue_ms)
     return ran
 

@@ -10,7 +10,8 @@ requests; these do, on the same /metrics page:
   the model call it rode in and its wait before that call (the X-Batch-Size and X-Queue-Ms
   reply headers), for every inference route on either path;
 - ``cifar2_rejected_request_total{reason}``: 413 (body too large) and 503 (overloaded, not
-  ready) answered by service/limits.py and service/info.py.
+  ready, queue_full) answered by service/limits.py, service/info.py and the batcher's
+  admission control.
 
 Created on first use, in the worker: BentoML sets PROMETHEUS_MULTIPROC_DIR for its workers,
 and prometheus_client must see it before the first metric is made. Each child series is
@@ -43,8 +44,8 @@ def _families():
                              "(X-Queue-Ms)", ["route"], buckets=BUCKETS),
         "rejected": p.Counter(
             "cifar2_rejected_request_total",
-            "requests refused before reaching the service: body_too_large (413), "
-            "overloaded or not_ready (503)", ["reason"]),
+            "requests refused before reaching the model: body_too_large (413), "
+            "overloaded, not_ready or queue_full (503)", ["reason"]),
     }
 
 

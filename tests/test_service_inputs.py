@@ -309,3 +309,30 @@ def test_front_door_puts_limits_gate_and_request_layer_before_bentoml():
     order = [chain.index(name) for name in ("RequestLimits", "ReadyGate", "RequestLayer")]
     assert order == sorted(order) and chain[-1] == "RequestLayer"
     assert isinstance(app, Starlette)  # BentoML's app, with its own middlewares, comes next
+
+
+def test_admission_by_expected_queueing_delay_lets_small_requests_in():
+    """A burst of big requests fills the queue past the budget: more big ones are refused at
+    once, a small one still gets in, and an idle model always takes a request."""
+    from service.batcher import QueueFull
+
+    def model(x):
+        time.sleep(0.0005 * len(x))  # 0.5 ms per image, in a thread (inline_max=0)
+        z = np.zeros((len(x), 2), np.float32)
+        return z, z
+
+    async def run():
+        b = MicroBatcher(model, max_batch=256, concurrency=1, inline_max=0, max_queue_ms=200)
+        await b(np.zeros((64, 3, 32, 32), np.uint8))  # learns the cost of an image
+        big = [asyncio.create_task(b(np.zeros((256, 3, 32, 32), np.uint8))) for _ in range(8)]
+        await asyncio.sleep(0.01)
+        small = await b(np.zeros((1, 3, 32, 32), np.uint8))
+        outcomes = await asyncio.gather(*big, return_exceptions=True)
+        alone = await b(np.zeros((2048, 3, 32, 32), np.uint8))  # over budget, but idle
+        return small, outcomes, alone, b
+
+    small, outcomes, alone, b = asyncio.run(run())
+    refused = [o for o in outcomes if isinstance(o, QueueFull)]
+    assert small.probs.shape == (1, 2) and alone.probs.shape == (2048, 2)
+    assert 0 < len(refused) < 8 and "CIFAR2_MAX_QUEUE_MS" in str(refused[0])
+    assert b.queued_images == 0 and 0.3 < b.ms_per_image < 5
