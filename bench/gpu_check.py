@@ -149,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     report.write_markdown(out / "gpu.md", report.markdown(result))
     try:
         report.plot(result, out / "gpu_check.png")
-    except ImportError:  # matplotlib is not in the wheelhouse; the JSON has every point
-        print("no matplotlib here: gpu_check.png not drawn (plot it from gpu_check.json)")
+    except Exception as e:  # noqa: BLE001 - matplotlib is not in the wheelhouse; the JSON has it all
+        print(f"gpu_check.png not drawn ({type(e).__name__}: {e}); the points are in "
+              "gpu_check.json")
     print(f"wrote {out}/gpu.md, gpu_check.json, gpu_check.png in {result['seconds']:.0f} s "
           f"({', '.join(f'{k} {v} s' for k, v in seconds.items())})")
     return 0
