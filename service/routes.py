@@ -77,7 +77,7 @@ def predict_images(request: Request):
     if kind == "application/json":
         try:
             doc = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
             raise BadInput(f"the body is not valid JSON ({e})") from None
         if not isinstance(doc, dict) or "images" not in doc:
             raise BadInput('the JSON body must be {"images": [[[[...]]]]}, uint8 [N,3,32,32] '

@@ -67,7 +67,7 @@ def _load_npy(data: bytes) -> np.ndarray:
 def _from_lists(value: list) -> np.ndarray:
     try:
         arr = np.array(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ValueError("images is a ragged nested list; it must be [N][3][32][32]") from None
     if arr.dtype.kind not in "iuf":  # excludes object and bool arrays too
         raise ValueError(f"images must hold integers 0..255, got {arr.dtype} values")

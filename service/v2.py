@@ -63,7 +63,7 @@ def decode_infer(body: bytes, header_length: str | None, max_images: int) -> Inf
         header, binary = body[:n], body[n:]
     try:
         request = json.loads(header)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
         raise BadInput(f"the inference request header is not valid JSON ({e})") from None
     if not isinstance(request, dict):
         raise BadInput("the inference request must be a JSON object with 'inputs'")
@@ -140,7 +140,7 @@ def _input(inputs, binary: bytes, max_images: int) -> np.ndarray:
 def _from_json_data(data, n: int, want: int) -> np.ndarray:
     try:
         arr = np.asarray(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadInput(f"input '{INPUT}' data is a ragged nested list") from None
     if arr.size != want:
         raise BadInput(f"input '{INPUT}' data has {arr.size} values, but shape [{n},3,32,32] "

@@ -120,6 +120,7 @@ def test_v2_reply_binary_after_the_json_header():
     (lambda: (binary_request(X)[0], "abc"), "Inference-Header-Content-Length", 400),
     (lambda: (b"{not json", None), "not valid JSON", 400),
     (lambda: (b"[1, 2]", None), "JSON object", 400),
+    (lambda: (b"[" * 100_000 + b"]" * 100_000, None), "not valid JSON", 400),  # too deep
     (lambda: binary_request(X.astype(np.float32).view(np.uint8)[:, :3]), "shape", 400),
     (lambda: (json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 32, 32],
                                       "datatype": "FP32", "data": [0.5] * 3072}]}).encode(),
