@@ -29,7 +29,7 @@ BODY = npy(np.random.default_rng(0).integers(0, 256, (512, 3, 32, 32), dtype=np.
 
 
 def one_request(url: str) -> tuple[str, float]:
-    """('ok' | 'refused' | 'lost' | 'http <code>', time the request ended)."""
+    """('ok' | 'http <code>' | 'refused' | 'lost (error)', time the request ended)."""
     try:
         r = httpx.post(f"{url}/predict", content=BODY, timeout=httpx.Timeout(60, connect=5),
                        headers={"content-type": "application/x-npy"})
@@ -59,7 +59,10 @@ def watch_readiness(url: str, stop: threading.Event, seen: list) -> None:
 
 
 def test_sigterm_under_load_loses_no_accepted_request(store, tmp_path):
-    env = server_env(store, CIFAR2_WORKERS="2", CIFAR2_DRAIN_S=str(DRAIN_S))
+    # Admission control off: this load queues far more than its latency budget on purpose, and
+    # its 503s (answered, with Retry-After) are not what this test is about.
+    env = server_env(store, CIFAR2_WORKERS="2", CIFAR2_DRAIN_S=str(DRAIN_S),
+                     CIFAR2_MAX_QUEUE_MS="0")
     log = tmp_path / "serve.log"
     proc, url = start_server(env, free_port(), log)
     stop, results, ready = threading.Event(), [], []
@@ -85,7 +88,8 @@ def test_sigterm_under_load_loses_no_accepted_request(store, tmp_path):
     text = log.read_text()
     assert code == 0, text[-3000:]
     assert exit_s < GRACE_S
-    lost = [r for r, _ in results if not r.startswith(("ok", "refused"))]
+    # Any HTTP status is an answer (under this load some are 503 "server busy", by design).
+    lost = [r for r, _ in results if r.startswith("lost")]
     assert not lost, f"{len(lost)} accepted requests got no answer: {Counter(lost)}"
     # Readiness fell at once (every probe sent after the signal got 503 or no connection), while
     # the server went on answering requests (the lame duck).
