@@ -73,6 +73,7 @@ def test_page_and_assets_with_types_and_cache_headers(url):
     assert page.headers["cache-control"] == "no-cache" and page.headers["etag"]
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert 'src="ui/app.js"' in page.text and 'href="./"' in page.text  # the link to the API page
+    assert "(ui)" in httpx.get(f"{url}/docs.json").json()["info"]["description"]  # and back
     again = httpx.get(f"{url}/ui", headers={"if-none-match": page.headers["etag"]})
     assert again.status_code == 304 and again.content == b""
     head = httpx.head(f"{url}/ui")
@@ -184,15 +185,18 @@ def compare(url: str, datas: list[tuple[str, bytes]]) -> list[dict]:
     return out
 
 
-def assert_same(card: dict, expected: dict) -> None:
+def assert_same(card: dict, expected: dict) -> float:
     """The page shows exactly what /compare says (6-decimal rounding may differ by one unit in
-    the last place when the server batches the images differently)."""
+    the last place when the server batches the images differently); returns the largest gap."""
+    gap = 0.0
     for model in ("convnet", "dense"):
         shown, want = card["models"][model], expected[model]
         assert shown["label"] == want["label"], (card["name"], model)
         assert shown["probs"].keys() == want["probabilities"].keys()
         for cls, p in want["probabilities"].items():
             assert math.isclose(shown["probs"][cls], p, abs_tol=1.5e-6), (card["name"], model, cls)
+            gap = max(gap, abs(shown["probs"][cls] - p))
+    return gap
 
 
 def other_formats(tmp: Path) -> list[Path]:
@@ -250,10 +254,11 @@ def test_page_shows_both_models_as_compare_does(browser, url, tmp_path):
     expected_picked = compare(url, good)
 
     # The sample run: what /compare says, each model marked right or wrong against the truth.
+    gaps = []
     for card, want, sample in zip(shown, expected, samples):
         assert card["state"] == "done" and card["name"] == sample["file"]
         assert card["truth"] == sample["label"]
-        assert_same(card, want)
+        gaps.append(assert_same(card, want))
         for model in ("convnet", "dense"):
             assert card["models"][model]["right"] == str(want[model]["label"] == sample["label"]).lower()
         assert card["agree"] == str(want["agree"]).lower()
@@ -271,13 +276,14 @@ def test_page_shows_both_models_as_compare_does(browser, url, tmp_path):
     assert [c["name"] for c in ok] == [name for name, _ in good]
     for card, want in zip(ok, expected_picked):
         assert card["state"] == "done" and card["error"] == "" and card["truth"] is None
-        assert_same(card, want)
+        gaps.append(assert_same(card, want))
+    print(f"page vs /compare: {len(gaps)} images, largest probability gap {max(gaps):.1e}")
     everything = expected + expected_picked
     assert float(w.stat("agreement")) == pytest.approx(
         sum(e["agree"] for e in everything) / len(everything))
     assert w.stat("n-errors") == "1"
     for model in ("convnet", "dense"):
-        assert " ms" in page.text_content(f"#ms-{model}")
+        assert " ms · batch of " in page.text_content(f"#ms-{model}")
 
     # Alt text on every picture; the 32x32 views are labelled images.
     assert page.evaluate("[...document.images].every(i => i.alt.trim().length > 0)")

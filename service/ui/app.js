@@ -227,13 +227,17 @@ function fail(item, message, status) {
   updateSummary();
 }
 
+// Each model's time for the model call this request rode in, and that call's batch size (the
+// reply's per-model figures when the server gives them, else the X-Batch-Size header).
 function showTimings(models, request) {
   for (const model of MODELS) {
-    const ms = models[model] && models[model].inference_ms;
-    if (typeof ms !== "number") continue;
-    const batch = request.batchSize !== null ? `batch size ${request.batchSize}`
-      : `${request.images} image(s) sent`;
-    $(`ms-${model}`).textContent = `${ms.toFixed(2)} ms · ${batch}`;
+    const m = models[model] || {};
+    if (typeof m.inference_ms !== "number") continue;
+    const size = Number.isInteger(m.batch_size) ? m.batch_size : request.batchSize;
+    const parts = [`${m.inference_ms.toFixed(2)} ms`,
+                   size !== null ? `batch of ${size}` : `${request.images} image(s) sent`];
+    if (typeof m.queue_ms === "number") parts.push(`queued ${m.queue_ms.toFixed(2)} ms`);
+    $(`ms-${model}`).textContent = parts.join(" · ");
   }
   $("last-request").textContent = requestText(request);
 }
