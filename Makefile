@@ -44,6 +44,17 @@ models: venv
 serve: models
 	$(VENV)/bin/bentoml serve
 
+# The service's image from the registered models (docs/deploy.md): `make container` gives
+# cifar2:cpu (bentofile.cpu.yaml), `make container GPU=1` cifar2:gpu (bentofile.yaml).
+# `make container-test` builds one from two tiny models and checks it running, on a machine
+# with nothing set up (it installs and starts Docker): scripts/container_test.py.
+.PHONY: container container-test
+container: models
+	bash scripts/container_build.sh $(if $(filter 1,$(GPU)),gpu,cpu)
+
+container-test: venv
+	$(PY) scripts/container_test.py $(if $(filter 1,$(GPU)),--gpu)
+
 # LitServe and Ray Serve for bench/peers/bench_peers.py, in a venv of their own: their
 # FastAPI / Starlette / uvicorn pins can clash with BentoML's.
 PEERS_VENV := .venv-peers

@@ -22,7 +22,8 @@ if timeout 60 "$DOCKER" pull -q "$IMAGE" >/dev/null 2>&1; then
 fi
 echo "base image $IMAGE: cannot pull it; building a stand-in from Debian bookworm packages"
 
-command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap
+command -v debootstrap >/dev/null || { apt-get update -qq &&
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap; }
 # The first Debian archive URI apt is configured with (deb822 or one-line sources).
 MIRROR=$(grep -rhoE 'https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/ \
          2>/dev/null | head -1 | tr -d ' ' || true)

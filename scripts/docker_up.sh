@@ -9,7 +9,7 @@ LOG=${DOCKERD_LOG:-/var/log/dockerd.log}
 
 if ! [ -x "$DOCKER" ] || ! command -v dockerd >/dev/null; then
   [ "$(id -u)" = 0 ] || { echo "docker.io is not installed and this is not root"; exit 1; }
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io >/dev/null
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io >/dev/null
 fi
 if "$DOCKER" info >/dev/null 2>&1; then exit 0; fi
 nohup dockerd >"$LOG" 2>&1 &

@@ -20,8 +20,10 @@ installed its own) with this sequence:
 3. refuse new connections: a drop-everything socket filter on the shared listening socket makes
    the kernel ignore new SYNs (clients retry and get "connection refused" once the socket
    closes) while the workers accept what is already queued; wait until that queue is empty;
-4. hand over to uvicorn's own graceful shutdown: close the listener, let in-flight requests
-   finish, exit. SIGINT (Ctrl-C) and a second SIGTERM skip the lame duck.
+4. shut the listening socket down (for every process: new connections are refused at once,
+   and none waits on the arbiter's copy to be reset later), then hand over to uvicorn's own
+   graceful shutdown: in-flight requests finish, the worker exits. SIGINT (Ctrl-C) and a
+   second SIGTERM skip the lame duck.
 """
 
 from __future__ import annotations
@@ -129,11 +131,13 @@ async def _lame_duck(server_exit, sig, drain_s: float) -> None:
         _refuse_new_connections(sock)
     deadline = time.monotonic() + _BACKLOG_WAIT_S
     while time.monotonic() < deadline and any(_queued(s) for s in listeners):
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(_SETTLE_S)
+        await asyncio.sleep(0.005)
     for sock in listeners:
+        _stop_listening(sock)
         sock.close()  # our duplicate only; uvicorn closes its own
-    logger.warning("drained: no new connections; finishing %d request(s) in flight", STATE.in_flight)
+    await asyncio.sleep(_SETTLE_S)
+    logger.warning("drained: no new connections; finishing %d request(s) in flight",
+                   STATE.in_flight)
     server_exit(sig, None)
 
 
@@ -166,8 +170,9 @@ def _refuse_new_connections(sock: socket.socket) -> None:
     fprog = SockFprog(1, program)
     try:
         sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, bytes(fprog))
-    except OSError as e:  # not Linux: uvicorn's own close still stops new connections
-        logger.warning("could not filter new connections (%s); closing the listener instead", e)
+    except OSError as e:  # not Linux, or not allowed (some container runtimes)
+        logger.warning("could not filter new connections (%s); shutting the listener down as "
+                       "soon as its accept queue is empty instead", e)
 
 
 def _queued(sock: socket.socket) -> int:
@@ -178,3 +183,14 @@ def _queued(sock: socket.socket) -> int:
         return 0
     # struct tcp_info: 8 x u8, then u32 rto, ato, snd_mss, rcv_mss, unacked (offset 24).
     return struct.unpack_from("I", info, 24)[0]
+
+
+def _stop_listening(sock: socket.socket) -> None:
+    """Take the shared socket out of LISTEN for every process at once (shutdown acts on the
+    socket, close only on this process's fd): new connections are refused at once instead of
+    queueing on the copy the arbiter keeps open until the workers exit, and being reset then.
+    The accept queue is empty by now (see _lame_duck), so no sent request is reset with it."""
+    try:
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:  # the other worker got there first
+        pass
