@@ -198,8 +198,9 @@ async def open_loop(host: str, port: int, mix, rate: float, seconds: float,
 
 async def closed_loop(host: str, port: int, mix, concurrency: int, seconds: float,
                       timeout: float = 10.0, seed: int = 0, t0: float | None = None,
-                      fresh: bool = False) -> list[Result]:
-    """``concurrency`` clients, each sending its next request when the last one is answered."""
+                      fresh: bool = False, stop_on_refused: bool = False) -> list[Result]:
+    """``concurrency`` clients, each sending its next request when the last one is answered
+    (a client stops at its first refused connection with ``stop_on_refused``)."""
     t0 = time.perf_counter() if t0 is None else t0
     end = time.perf_counter() - t0 + seconds
     results: list[Result] = []
@@ -209,6 +210,8 @@ async def closed_loop(host: str, port: int, mix, concurrency: int, seconds: floa
         while time.perf_counter() - t0 < end:
             results.append(await one(pool, pick(mix, rng), t0, time.perf_counter() - t0,
                                      timeout))
+            if stop_on_refused and results[-1].error == "refused":
+                break
         pool.close()
 
     await asyncio.gather(*(client(k) for k in range(concurrency)))

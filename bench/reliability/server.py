@@ -22,13 +22,14 @@ from bench.reliability.load import Request
 
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
 WORKER_MODULE = "_bentoml_impl.worker.service"
-__all__ = ["has_v2", "mix", "open_fds", "rss_mb", "serve", "stop", "workers"]
+__all__ = ["has_v2", "mix", "npy_bytes", "open_fds", "rss_mb", "serve", "stop", "workers"]
 
 
 def serve(port: int, log: Path, **env: str):
     """`bentoml serve` on 127.0.0.1:port with CIFAR2_* overrides; returns (process, url) once
     /readyz is 200 (exits with the log's tail if it does not come up)."""
-    full = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", **env}
+    # No lame-duck delay on stop unless asked (service/drain.py): the scripts stop many servers.
+    full = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "CIFAR2_DRAIN_S": "0", **env}
     url = f"http://127.0.0.1:{port}"
     proc = start([BENTOML, "serve", "--port", str(port), "--host", "127.0.0.1"], full,
                  f"{url}/readyz", log)
@@ -67,7 +68,7 @@ def has_v2(url: str) -> bool:
         return False
 
 
-def _npy(arr: np.ndarray) -> bytes:
+def npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr)
     return buf.getvalue()
@@ -101,8 +102,8 @@ def mix(v2: bool, bad: bool = True) -> list[tuple[Request, float]]:
     compare, _ = _multipart([("images", f"{i}.png", p) for i, p in enumerate(pngs[:2])])
     dense, _ = _multipart([("images", "0.png", pngs[0]), ("model", None, b"dense")])
     out = [
-        (Request.post("predict .npy x1", "/predict", _npy(x[:1]), npy), 30),
-        (Request.post("predict .npy x64", "/predict", _npy(x), npy), 5),
+        (Request.post("predict .npy x1", "/predict", npy_bytes(x[:1]), npy), 30),
+        (Request.post("predict .npy x64", "/predict", npy_bytes(x), npy), 5),
         (Request.post("predict JSON x1", "/predict",
                       b'{"images": ' + str(x[:1].tolist()).encode() + b"}",
                       "application/json"), 10),
@@ -124,7 +125,7 @@ def mix(v2: bool, bad: bool = True) -> list[tuple[Request, float]]:
     if bad:
         out += [
             (Request.post("bad: not .npy", "/predict", b"not numpy", npy, (400,)), 2),
-            (Request.post("bad: float32 .npy", "/predict", _npy(x[:1].astype(np.float32)), npy,
+            (Request.post("bad: float32 .npy", "/predict", npy_bytes(x[:1].astype(np.float32)), npy,
                           (400,)), 1),
             (Request.post("bad: unknown model", "/classify", _multipart(
                 [("images", "0.png", pngs[0]), ("model", None, b"resnet")])[0], ctype,
@@ -132,7 +133,7 @@ def mix(v2: bool, bad: bool = True) -> list[tuple[Request, float]]:
             (Request.post("bad: broken PNG", "/classify", _multipart(
                 [("images", "0.png", b"\x89PNG broken")])[0], ctype, (400,)), 1),
             (Request.post("bad: too many images", "/predict",
-                          _npy(np.zeros((2000, 3, 32, 32), np.uint8)), npy, (400, 413)), 1),
+                          npy_bytes(np.zeros((2000, 3, 32, 32), np.uint8)), npy, (400, 413)), 1),
             (Request.get("bad: no such route", "/nope", (404,)), 1),
         ]
     return out
