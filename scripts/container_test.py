@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -166,13 +167,17 @@ def stop_under_load(name: str, check: Checks) -> dict:
     return {"stop_s": round(stop_s, 1), "exit": code, **counts}
 
 
-def image_report(image: str) -> list[str]:
+def image_report(image: str, layers: int = 3) -> list[str]:
+    """The image's size and its largest layers, each named by the command that made it."""
     size = int(sh(DOCKER, "image", "inspect", "-f", "{{.Size}}", image))
-    layers = sh(DOCKER, "history", "--no-trunc", "--format", "{{.Size}}\t{{.CreatedBy}}", image)
-    big = sorted((line.partition("\t")[::2] for line in layers.splitlines() if line.strip()),
-                 key=lambda p: -_bytes(p[0]))[:3]
-    lines = [f"image {image}: {size / 1e6:.0f} MB; largest layers:"]
-    lines += [f"    {s:>8}  {cmd[:110]}" for s, cmd in big]
+    history = sh(DOCKER, "history", "--no-trunc", "--format", "{{.Size}}\t{{.CreatedBy}}", image)
+    rows = [line.partition("\t")[::2] for line in history.splitlines() if line.strip()]
+    rows = sorted(rows, key=lambda p: -_bytes(p[0]))[:layers]
+    lines = [f"image {image}: {size / 1e6:.0f} MB" + ("; largest layers:" if layers else "")]
+    for layer_size, cmd in rows:
+        # BentoML's RUN lines start with every build ARG; the command is what comes after.
+        cmd = re.sub(r"^RUN \|\d+ (\S+=\S* )*", "RUN ", cmd).replace("/bin/sh -c ", "")
+        lines.append(f"    {layer_size:>8}  {cmd[:90] or '(the base image)'}")
     return lines
 
 
@@ -232,7 +237,7 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     print("== Summary")
-    for line in image_report("python:3.11-slim")[:1] + image_report(image):
+    for line in image_report("python:3.11-slim", layers=0) + image_report(image):
         print("  " + line)
     print(f"  build {build_s:.0f} s; start to ready {ready_s:.1f} s; docker stop under load: "
           f"{json.dumps(drain)}")
