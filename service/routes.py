@@ -39,7 +39,7 @@ from service.errors import BadInput
 from service.multipart import Form, boundary_of, parse_form
 from service.replies import Reply
 from service.serde import NPY_MEDIA_TYPES
-from service.tensors import parse_tensor
+from service.tensors import json_may_hold_bools, parse_tensor
 
 logger = logging.getLogger("cifar2.service")
 
@@ -82,7 +82,7 @@ def predict_images(request: Request):
         if not isinstance(doc, dict) or "images" not in doc:
             raise BadInput('the JSON body must be {"images": [[[[...]]]]}, uint8 [N,3,32,32] '
                            "as nested lists")
-        return _tensor(doc["images"])
+        return _tensor(doc["images"], json_may_hold_bools(request.body))
     if kind == "multipart/form-data":
         form = request.form()
         if form.files.get("images"):
@@ -97,11 +97,12 @@ def predict_images(request: Request):
                    f"got Content-Type {kind or 'none'!r}", status=415)
 
 
-def _tensor(value):
+def _tensor(value, may_hold_bools: bool = True):
     try:
-        return parse_tensor(value)
+        return parse_tensor(value, may_hold_bools=may_hold_bools)
     except ValueError as e:
         raise BadInput(str(e)) from None
+
 
 
 async def form_images(request: Request):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.errors import BadInput
-from service.tensors import SHAPE
+from service.tensors import SHAPE, contains_bool, json_may_hold_bools
 
 INPUT = "images"
 OUTPUTS = ("logits", "probs")
@@ -67,7 +67,8 @@ def decode_infer(body: bytes, header_length: str | None, max_images: int) -> Inf
         raise BadInput(f"the inference request header is not valid JSON ({e})") from None
     if not isinstance(request, dict):
         raise BadInput("the inference request must be a JSON object with 'inputs'")
-    images = _input(request.get("inputs"), binary, max_images)
+    images = _input(request.get("inputs"), binary, max_images,
+                    json_may_hold_bools(header))
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadInput("'id' must be a string")
@@ -98,7 +99,7 @@ def encode_infer(model: str, version: str, request: InferRequest,
     return b"".join([header, *raw]), len(header)
 
 
-def _input(inputs, binary: bytes, max_images: int) -> np.ndarray:
+def _input(inputs, binary: bytes, max_images: int, may_hold_bools: bool) -> np.ndarray:
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise BadInput(f"'inputs' must be a list of one tensor, '{INPUT}' UINT8 [-1,3,32,32]")
     tensor = inputs[0]
@@ -134,10 +135,10 @@ def _input(inputs, binary: bytes, max_images: int) -> np.ndarray:
                        "binary_data_size parameter")
     if "data" not in tensor:
         raise BadInput(f"input '{INPUT}' has neither 'data' nor parameters.binary_data_size")
-    return _from_json_data(tensor["data"], n, want)
+    return _from_json_data(tensor["data"], n, want, may_hold_bools)
 
 
-def _from_json_data(data, n: int, want: int) -> np.ndarray:
+def _from_json_data(data, n: int, want: int, may_hold_bools: bool) -> np.ndarray:
     try:
         arr = np.asarray(data)
     except (ValueError, RecursionError):
@@ -145,8 +146,11 @@ def _from_json_data(data, n: int, want: int) -> np.ndarray:
     if arr.size != want:
         raise BadInput(f"input '{INPUT}' data has {arr.size} values, but shape [{n},3,32,32] "
                        f"needs {want}")
-    if arr.dtype.kind not in "iu":  # floats, bools, strings, objects: not UINT8 data
-        raise BadInput(f"input '{INPUT}' data must be integers 0..255, got {arr.dtype} values")
+    if arr.dtype.kind not in "iu" or (may_hold_bools and isinstance(data, list)
+                                      and contains_bool(data)):
+        # floats, bools, strings, objects: not UINT8 data
+        kind = "boolean" if arr.dtype.kind in "iu" else arr.dtype
+        raise BadInput(f"input '{INPUT}' data must be integers 0..255, got {kind} values")
     if arr.min() < 0 or arr.max() > 255:
         raise BadInput(f"input '{INPUT}' data must be within 0..255 (UINT8), got "
                        f"{arr.min()}..{arr.max()}")

@@ -98,9 +98,6 @@ def test_npy_shape_larger_than_the_data(served, declared, short):
     assert_4xx_json(r, "npy", "shape", "bytes", "size", "data")
 
 
-@pytest.mark.xfail(reason="service/tensors.py _load_npy: np.load reads the declared shape and "
-                   "ignores bytes after it, so an .npy whose header under-states the images is "
-                   "answered 200 for fewer images than were sent", strict=True)
 @FUZZ
 @given(declared=st.integers(1, MAX_IMAGES), extra=st.integers(1, 3 * IMAGE_BYTES))
 def test_npy_shape_smaller_than_the_data(served, declared, extra):
@@ -246,8 +243,5 @@ def test_v2_json_data_out_of_range(v2, values):
     assert_4xx_json(v2.post(V2, json=v2_json(data)), "0..255", "integers", "uint8", "data")
 
 
-@pytest.mark.xfail(reason="service/v2.py _from_json_data: np.asarray([true, 0, ...]) is an "
-                   "int array, so JSON booleans pass as pixels 0/1 (BOOL data in a UINT8 tensor)",
-                   strict=True)
 def test_v2_json_booleans_are_not_uint8(v2):
     assert_4xx_json(v2.post(V2, json=v2_json([True] + [0] * (IMAGE_BYTES - 1))), "integers")

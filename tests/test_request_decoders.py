@@ -142,3 +142,21 @@ def test_v2_bad_requests_name_the_problem(make, words, status):
     with pytest.raises(BadInput, match=words) as e:
         v2.decode_infer(body, length, 1024)
     assert e.value.status == status
+
+
+def test_json_booleans_are_not_pixels():
+    from service.tensors import parse_tensor
+
+    pixels = X[:1].tolist()
+    pixels[0][0][0][0] = True
+    with pytest.raises(ValueError, match="boolean"):
+        parse_tensor(pixels)
+    body = json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 32, 32],
+                                   "datatype": "UINT8", "data": pixels}]}).encode()
+    with pytest.raises(BadInput, match="boolean"):
+        v2.decode_infer(body, None, 1024)
+    # a true elsewhere in the request (binary_data_output) is fine
+    ok = json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 32, 32],
+                                 "datatype": "UINT8", "data": X[:1].tolist()}],
+                     "parameters": {"binary_data_output": True}}).encode()
+    assert np.array_equal(v2.decode_infer(ok, None, 1024).images, X[:1])
