@@ -84,8 +84,10 @@ def check_image(image: str, gpu: bool, check: Checks) -> None:
                   "import importlib.metadata as m; print(' '.join(sorted(d.metadata['Name'] "
                   "for d in m.distributions() if 'onnxruntime' in d.metadata['Name'] "
                   "or d.metadata['Name'] == 'torch' "
-                  # the CUDA wheels (nvidia-cudnn-cu12 ...), not nvidia-ml-py (BentoML's, no CUDA)
-                  "or d.metadata['Name'].startswith('nvidia-') and '-cu1' in d.metadata['Name'])))")
+                  # the CUDA wheels (nvidia-cublas, nvidia-cudnn-cu13 ...), not nvidia-ml-py
+                  # (BentoML's NVML binding: no CUDA library in it)
+                  "or d.metadata['Name'].startswith('nvidia-') "
+                  "and d.metadata['Name'] != 'nvidia-ml-py')))")
     if gpu:
         check(bool(found) and "onnxruntime-gpu" in packages, "GPU image has the CUDA libraries",
               packages)
