@@ -4,6 +4,7 @@
     python -m bench.peers.bench_peers       # the full run, ~15 min: table + docs/peers.{json,png}
     python -m bench.peers.bench_peers --duration 2 --repeat 1         # a quick smoke run
     python -m bench.peers.bench_peers --servers ours litserve --litserve 2x1
+    python -m bench.peers.bench_peers --replot         # redraw docs/peers.png from its JSON
 
 (`make bench-peers` runs the full one.) Each round starts every server in turn on the same
 machine: ours (`bentoml serve` from the repository root, default settings: 2 workers), LitServe
@@ -233,7 +234,7 @@ def plot(results: list[dict], path: Path, concurrency: int) -> None:
         ax.set_title(f"{LOADS[load]}, c={concurrency}", fontsize=9)
         ax.set_xlabel("images/s (median)")
         ax.tick_params(axis="y", labelsize=7)
-        ax.set_xlim(0, 1.45 * max(r["images_per_s"] for r in rs))
+        ax.set_xlim(0, 1.75 * max(r["images_per_s"] for r in rs))
     fig.suptitle(f"Same model.onnx, same wrk load: ours vs LitServe vs Ray Serve ({machine()})",
                  fontsize=9)
     fig.tight_layout()
@@ -286,7 +287,13 @@ def main() -> None:
     p.add_argument("--port", type=int, default=3400, help="first port; one per server")
     p.add_argument("--peers-python", default=str(PEERS_VENV / "bin" / "python"))
     p.add_argument("--out", type=Path, default=ROOT / "docs", help="where peers.json/png go")
+    p.add_argument("--replot", action="store_true",
+                   help="only redraw peers.png from the peers.json in --out")
     args = p.parse_args()
+    if args.replot:
+        saved = json.loads((args.out / "peers.json").read_text())
+        plot(saved["results"], args.out / "peers.png", saved["concurrency"])
+        return
     bad = [s for s in args.litserve if not (len(s.split("x")) == 2
                                              and all(x.isdigit() and int(x) > 0
                                                      for x in s.split("x")))]
