@@ -227,10 +227,12 @@ def fault_slow(args, tmp: Path) -> None:
            for rs in (base, slowed)]
     p50 = [load.percentile([r.latency_ms for r in rs if r.status == 200], 50)
            for rs in (base, slowed)]
-    bad = len(load.unexpected(base)) + len(load.unexpected(slowed))
+    failures = load.tally(load.unexpected(base) + load.unexpected(slowed))
+    bad = sum(failures.values())
     row("slow clients: 200 connections at 1 byte/s", f"8 normal clients: p50 {p50[0]:.1f} -> "
         f"{p50[1]:.1f} ms, p99 {p99[0]:.1f} -> {p99[1]:.1f} ms ({p99[1] / p99[0]:.2f}x), "
-        f"{len(base):,} / {len(slowed):,} requests, {bad} failed; slow connections closed by "
+        f"{len(base):,} / {len(slowed):,} requests, {bad} failed {dict(failures)}; slow "
+        f"connections closed by "
         f"the server within 25 s: {len(closed)}", p99[1] <= 2 * p99[0] and not bad)
 
 
