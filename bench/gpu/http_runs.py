@@ -10,20 +10,22 @@ reported as skipped, a failing one as failed, and the run goes on.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 from tqdm import tqdm
 
-from bench.bench_http import start, stop
 from bench.gpu import loadgen
 from bench.gpu.machine import NO_GPU
 
@@ -55,10 +57,54 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class ServiceFailed(RuntimeError):
+    pass
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (arbiter and workers); after the arbiter is gone
+    or 20 s, SIGKILL to whatever of the group is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def make_store(bundle: Path, home: Path) -> None:
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
-    subprocess.run([sys.executable, "-m", "bench.gpu.store", str(bundle)], check=True, cwd=ROOT,
-                   env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "bench.gpu.store", str(bundle)], check=False,
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise ServiceFailed(f"no model store from {bundle}: {done.stderr[-1500:]}")
+
+
+def launch(cmd: list[str], env: dict, base: str, log: Path, timeout: float = 180):
+    """`bentoml serve` until /readyz is 200. Unlike bench_http.start it gives up as soon as the
+    service says why it is not ready (/info's error: a CUDA that does not load), which on a GPU
+    lent for minutes matters, and it keeps the log's tail in the reason."""
+    # A session of its own, so that stop() can end the workers too, even if the arbiter hangs.
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    deadline, why = time.monotonic() + timeout, f"not ready in {timeout:.0f} s"
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                return proc
+            error = httpx.get(base + "/info", timeout=5).json().get("error")
+            if error:
+                why = f"not ready: {error}"
+                break
+        except (httpx.TransportError, ValueError, AttributeError):
+            pass
+        time.sleep(0.5)
+    if proc.poll() is not None:
+        why = f"exited with {proc.returncode}"
+    stop(proc)
+    raise ServiceFailed(f"{why}; log tail: {log.read_text(errors='replace')[-1500:]}")
 
 
 def plan(concurrency: list[int], bulk: list[int], bulk_concurrency: int) -> list[dict]:
@@ -78,14 +124,15 @@ def serve_and_load(device: str, bundle: Path, served: dict, cells: list[dict], s
     env = {**os.environ, "BENTOML_HOME": str(workdir / "store"), "BENTOML_DO_NOT_TRACK": "True",
            "CIFAR2_DEVICE": device, "CIFAR2_CONVNET": f"cifar2-{served['convnet']}:latest",
            "CIFAR2_DENSE": f"cifar2-{served['dense']}:latest",
-           "CIFAR2_MAX_IMAGES": str(max(c["images"] for c in cells))}
+           "CIFAR2_MAX_IMAGES": str(max(c["images"] for c in cells)),
+           "CIFAR2_DRAIN_S": "0"}  # no load balancer to drain for: stop at once
     if workers:
         env["CIFAR2_WORKERS"] = str(workers)
     log = workdir / f"serve-{device}.log"
     cmd = [sys.executable, "-m", "bentoml", "serve", "--port", str(port), "--host", "127.0.0.1"]
     try:
-        proc = start(cmd, env, base + "/readyz", log)
-    except SystemExit as e:  # bench_http.start exits with the reason and the log's tail
+        proc = launch(cmd, env, base, log)
+    except ServiceFailed as e:
         return {"device": device, "status": f"failed: the service did not become ready: {e}"}
     out: dict = {"device": device, "status": "measured", "cells": []}
     processes = max(1, min(4, (os.cpu_count() or 1) // 4))

@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+GRACE_S = 10.0  # how long a request in flight at the end may still take before it is an error
+
 
 def request_bytes(url: str, body: bytes, headers: list[str]) -> tuple[str, int, bytes]:
     u = urlsplit(url)
@@ -53,14 +55,18 @@ async def _connection(host, port, request, deadline, latencies, statuses) -> int
     while time.perf_counter() < deadline:
         try:
             if writer is None:
-                reader, writer = await asyncio.open_connection(host, port)
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
+                                                        timeout=GRACE_S)
             t0 = time.perf_counter()
             writer.write(request)
-            status = await _read_reply(reader)
+            # A reply that never comes must not hold the run past its end: an error instead.
+            status = await asyncio.wait_for(_read_reply(reader),
+                                            timeout=deadline + GRACE_S - time.perf_counter())
             latencies.append(time.perf_counter() - t0)
             statuses[status] = statuses.get(status, 0) + 1
             errors += not 200 <= status < 300
-        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                asyncio.TimeoutError, ValueError, IndexError):
             errors += 1
             if writer is not None:
                 writer.close()
@@ -96,7 +102,12 @@ def run(url: str, body: bytes, headers: list[str], concurrency: int, seconds: fl
              *(a for h in headers for a in ("--header", h))],
             stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
             for i, c in enumerate(split)]
-        parts = [json.loads(p.communicate(timeout=seconds + 60)[0]) for p in procs]
+        try:
+            parts = [json.loads(p.communicate(timeout=seconds + 3 * GRACE_S)[0]) for p in procs]
+        finally:
+            for p in procs:  # none outlives the run, whatever went wrong
+                p.kill()
+                p.wait()
         latencies = np.concatenate([np.load(Path(tmp) / f"{i}.npy") for i in range(processes)])
     return summarize(parts, latencies, concurrency)
 
