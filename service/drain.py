@@ -46,7 +46,7 @@ logger = logging.getLogger("cifar2.drain")
 READY_PATHS = ("/readyz", "/v2/health/ready")
 _SO_ATTACH_FILTER = 26  # Linux, <asm-generic/socket.h>
 _BACKLOG_WAIT_S = 2.0   # longest wait for the kernel's accept queue to empty
-_SETTLE_S = 0.3         # let the last accepted connections send their request line
+_SETTLE_S = 2.0         # longest wait for the last accepted connections' request headers
 
 
 def drain_seconds() -> int:
@@ -56,7 +56,6 @@ def drain_seconds() -> int:
 
 class State:
     draining = False
-    since: float | None = None
     in_flight = 0
     installed = False
 
@@ -108,11 +107,10 @@ def install(drain_s: float) -> None:
     STATE.installed = True
 
     def on_signal(sig, frame):
-        if STATE.draining or sig != signal.SIGTERM or drain_s == 0:
-            if not STATE.draining:
-                STATE.draining, STATE.since = True, time.monotonic()
+        if STATE.draining or sig != signal.SIGTERM:
+            STATE.draining = True
             return server_exit(sig, frame)  # stop now (uvicorn still finishes in-flight work)
-        STATE.draining, STATE.since = True, time.monotonic()
+        STATE.draining = True
         logger.warning("SIGTERM: readiness is false; serving %.1f s more before stopping", drain_s)
         loop.call_soon_threadsafe(_start, loop, server_exit, sig, drain_s)
 
@@ -135,10 +133,26 @@ async def _lame_duck(server_exit, sig, drain_s: float) -> None:
     for sock in listeners:
         _stop_listening(sock)
         sock.close()  # our duplicate only; uvicorn closes its own
-    await asyncio.sleep(_SETTLE_S)
+    await _requests_started(getattr(server_exit, "__self__", None))
     logger.warning("drained: no new connections; finishing %d request(s) in flight",
                    STATE.in_flight)
     server_exit(sig, None)
+
+
+async def _requests_started(server) -> None:
+    """Wait until every connection accepted so far has sent its request (up to _SETTLE_S).
+
+    uvicorn's shutdown closes connections that have no request in progress, at once: right for
+    idle keep-alive connections, but a connection accepted moments ago whose request is still
+    in the socket buffer (a loaded machine reads it late) would be closed with its request
+    unanswered. uvicorn gives a connection its first request cycle when the headers are read.
+    """
+    connections = getattr(getattr(server, "server_state", None), "connections", None)
+    deadline = time.monotonic() + _SETTLE_S
+    while connections and time.monotonic() < deadline:
+        if all(getattr(c, "cycle", True) is not None for c in list(connections)):
+            return
+        await asyncio.sleep(0.01)
 
 
 def _listening_sockets(server_exit) -> list[socket.socket]:

@@ -91,9 +91,10 @@ def test_sigterm_under_load_loses_no_accepted_request(store, tmp_path):
     # Any HTTP status is an answer (under this load some are 503 "server busy", by design).
     lost = [r for r, _ in results if r.startswith("lost")]
     assert not lost, f"{len(lost)} accepted requests got no answer: {Counter(lost)}"
-    # Readiness fell at once (every probe sent after the signal got 503 or no connection), while
+    # Readiness fell at once (every probe sent 0.5 s after the signal got 503 or no connection;
+    # the signal goes through the supervisor, which a loaded machine can slow), while
     # the server went on answering requests (the lame duck).
-    after = [code for code, sent in ready if sent > t_term + 0.2]
+    after = [code for code, sent in ready if sent > t_term + 0.5]
     assert 503 in after and 200 not in after, after
     served_after = [t for r, t in results if r == "ok" and t > t_term + DRAIN_S * 0.8]
     assert served_after, "no request was answered during the lame duck"
