@@ -19,9 +19,10 @@ from service.replies import send_json
 
 PATH = "/ui"
 ROOT = Path(__file__).resolve().parent / "ui"
+# The samples' README.md as plain text, which browsers show instead of downloading.
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
          ".css": "text/css; charset=utf-8", ".json": "application/json",
-         ".png": "image/png", ".md": "text/markdown; charset=utf-8", ".svg": "image/svg+xml"}
+         ".png": "image/png", ".md": "text/plain; charset=utf-8", ".svg": "image/svg+xml"}
 # The page loads nothing from elsewhere: no CDN, no external fonts (it must work offline).
 # blob: for the thumbnails of the user's own files.
 CSP = (b"default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "

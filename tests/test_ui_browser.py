@@ -134,6 +134,30 @@ def browser():
         b.close()
 
 
+# Every visible piece of text against its background: WCAG contrast ratios below 4.5:1.
+LOW_CONTRAST_JS = """() => {
+  const rgb = (s) => s.match(/[\\d.]+/g).map(Number);
+  const lum = ([r, g, b]) => [r, g, b].map((c) => (c /= 255) <= 0.03928 ? c / 12.92
+    : ((c + 0.055) / 1.055) ** 2.4).reduce((s, c, i) => s + c * [0.2126, 0.7152, 0.0722][i], 0);
+  const background = (el) => {
+    for (; el; el = el.parentElement) {
+      const c = rgb(getComputedStyle(el).backgroundColor);
+      if (c.length < 4 || c[3] > 0) return c;
+    }
+    return [255, 255, 255];
+  };
+  const low = [];
+  for (const el of document.querySelectorAll("body *")) {
+    const text = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!text || !el.getClientRects().length) continue;
+    const [a, b] = [lum(rgb(getComputedStyle(el).color)), lum(background(el))];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (ratio < 4.5) low.push(`${el.tagName}.${el.className} ${ratio.toFixed(2)}`);
+  }
+  return low;
+}"""
+
+
 class Watch:
     """A page, with what went wrong in it: script errors and any request that left the server."""
 
@@ -289,6 +313,7 @@ def test_page_shows_both_models_as_compare_does(browser, url, tmp_path):
     assert page.evaluate("[...document.images].every(i => i.alt.trim().length > 0)")
     assert page.evaluate("[...document.querySelectorAll('canvas')]"
                          ".every(c => c.getAttribute('aria-label'))")
+    assert page.evaluate(LOW_CONTRAST_JS) == []
     page.wait_for_timeout(300)  # the 32x32 canvases are drawn asynchronously
     shot = Path(os.environ.get("CIFAR2_UI_SCREENSHOT") or tmp_path / "ui.png")
     page.screenshot(path=str(shot), full_page=True,
