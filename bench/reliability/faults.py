@@ -74,7 +74,7 @@ def fault_kill(args, tmp: Path) -> None:
     log = tmp / "kill.log"
     proc, url = serve(args.port, log, CIFAR2_WORKERS="2")
     try:
-        requests = mix(has_v2(url), bad=False)
+        requests = mix(has_v2(url), bad=False, n=16)
         rate = capacity(args.port, requests) * args.load
         before = workers(proc)
         marks = {}

@@ -96,7 +96,7 @@ class Pool:
 KEEP_ALIVE_S = 4.0
 
 
-async def _exchange(pool: Pool, req: Request) -> tuple[int, bool]:
+async def _exchange(pool: Pool, req: Request, sent: list) -> tuple[int, bool]:
     """Send one request, read its reply; (status, Retry-After present). A reused connection
     that the server had already closed (no byte of a reply) is retried once on a new one, as
     HTTP clients do: the request never reached the server."""
@@ -104,6 +104,7 @@ async def _exchange(pool: Pool, req: Request) -> tuple[int, bool]:
         for attempt in (0, 1):
             reader, writer, reused = await pool.acquire(reuse=attempt == 0)
             try:
+                sent.append(True)
                 return await _on(pool, reader, writer, req)
             except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as e:
                 if not (reused and attempt == 0 and not getattr(e, "partial", b"")):
@@ -146,13 +147,17 @@ async def one(pool: Pool, req: Request, t0: float, scheduled: float, timeout: fl
     """One request due at ``scheduled``; it times out ``timeout`` s after that."""
     result = Result(req.name, scheduled, 0.0)
     left = timeout - (time.perf_counter() - t0 - scheduled)
+    sent: list = []
     try:
         if left <= 0:
             raise asyncio.TimeoutError
-        result.status, result.retry_after = await asyncio.wait_for(_exchange(pool, req), left)
+        result.status, result.retry_after = await asyncio.wait_for(
+            _exchange(pool, req, sent), left)
         result.expected = result.status in req.expect
     except asyncio.TimeoutError:
-        result.error = "timeout"
+        # Never written: the client itself fell behind (no free connection or CPU), which
+        # says nothing about the server; a run with many of these is client-bound.
+        result.error = "timeout" if sent else "client backlog"
     except ConnectionRefusedError:
         result.error = "refused"
     except ConnectionResetError:
@@ -239,9 +244,10 @@ def tally(results: list[Result]) -> Counter:
 
 
 def unexpected(results: list[Result]) -> list[Result]:
-    """Errors, and statuses other than the intended ones and 503/429 with Retry-After."""
-    return [r for r in results if r.error or not (
-        r.expected or (r.status in (503, 429) and r.retry_after))]
+    """Errors, and statuses other than the intended ones and 503/429 with Retry-After (requests
+    the client never sent, "client backlog", are the client's failure and counted apart)."""
+    return [r for r in results if r.error != "client backlog" and (r.error or not (
+        r.expected or (r.status in (503, 429) and r.retry_after)))]
 
 
 def run(coro):

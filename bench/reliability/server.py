@@ -91,36 +91,42 @@ def _multipart(parts: list[tuple[str, str | None, bytes]]) -> tuple[bytes, str]:
     return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def mix(v2: bool, bad: bool = True) -> list[tuple[Request, float]]:
-    """(request, weight): every inference route, single images and batches; with ``bad``, the
-    client errors a real API sees (each expects its 4xx)."""
+def mix(v2: bool, bad: bool = True, n: int = 1) -> list[tuple[Request, float]]:
+    """(request, weight): every inference route, small requests of ``n`` images and bulk ones;
+    with ``bad``, the client errors a real API sees (each expects its 4xx). A larger ``n`` makes
+    each request dearer, so that 3x the capacity in requests/s is a rate a Python client on the
+    same 2 cores can still send."""
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8)
-    pngs = [_png(img) for img in x[:4]]
+    bulk_n = 64 if n == 1 else min(16 * n, 1024)
+    x = rng.integers(0, 256, (bulk_n, 3, 32, 32), dtype=np.uint8)
+    n_png = 4 if n == 1 else 8
+    pngs = [_png(img) for img in x[:n_png]]
     npy = "application/x-npy"
     classify, ctype = _multipart([("images", f"{i}.png", p) for i, p in enumerate(pngs)])
-    compare, _ = _multipart([("images", f"{i}.png", p) for i, p in enumerate(pngs[:2])])
+    compare, _ = _multipart([("images", f"{i}.png", p) for i, p in enumerate(pngs[:n_png // 2])])
     dense, _ = _multipart([("images", "0.png", pngs[0]), ("model", None, b"dense")])
     out = [
-        (Request.post("predict .npy x1", "/predict", npy_bytes(x[:1]), npy), 30),
-        (Request.post("predict .npy x64", "/predict", npy_bytes(x), npy), 5),
-        (Request.post("predict JSON x1", "/predict",
-                      b'{"images": ' + str(x[:1].tolist()).encode() + b"}",
+        (Request.post(f"predict .npy x{n}", "/predict", npy_bytes(x[:n]), npy), 30),
+        (Request.post(f"predict .npy x{bulk_n}", "/predict", npy_bytes(x), npy), 5),
+        (Request.post(f"predict JSON x{n}", "/predict",
+                      b'{"images": ' + str(x[:n].tolist()).encode() + b"}",
                       "application/json"), 10),
-        (Request.post("classify PNG x4", "/classify", classify, ctype), 10),
+        (Request.post(f"classify PNG x{n_png}", "/classify", classify, ctype), 10),
         (Request.post("classify dense PNG x1", "/classify", dense, ctype), 5),
-        (Request.post("compare PNG x2", "/compare", compare, ctype), 5),
+        (Request.post(f"compare PNG x{n_png // 2}", "/compare", compare, ctype), 5),
     ]
     if v2:
-        header = (b'{"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 3, 32, 32],'
-                  b' "parameters": {"binary_data_size": 3072}}]}')
+        header = ('{"inputs": [{"name": "images", "datatype": "UINT8", "shape": '
+                  f'[{n}, 3, 32, 32], "parameters": {{"binary_data_size": {n * 3072}}}}}]}}'
+                  ).encode()
         out += [
-            (Request.post("v2 binary x1", "/v2/models/convnet/infer", header + x[0].tobytes(),
-                          "application/octet-stream",
+            (Request.post(f"v2 binary x{n}", "/v2/models/convnet/infer",
+                          header + x[:n].tobytes(), "application/octet-stream",
                           headers={"Inference-Header-Content-Length": len(header)}), 10),
-            (Request.post("v2 JSON x1", "/v2/models/dense/infer", (
-                '{"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 3, 32, 32],'
-                f' "data": {x[0].ravel().tolist()}}}]}}').encode(), "application/json"), 5),
+            (Request.post(f"v2 JSON x{n}", "/v2/models/dense/infer", (
+                '{"inputs": [{"name": "images", "datatype": "UINT8", "shape": '
+                f'[{n}, 3, 32, 32], "data": {x[:n].ravel().tolist()}}}]}}').encode(),
+                "application/json"), 5),
         ]
     if bad:
         out += [

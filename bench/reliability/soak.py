@@ -99,6 +99,8 @@ def main() -> None:
     p.add_argument("--minutes", type=int, default=10)
     p.add_argument("--load", type=float, default=0.7, help="fraction of the measured capacity")
     p.add_argument("--rate", type=float, help="requests/s; default: --load x measured capacity")
+    p.add_argument("--images", type=int, default=16,
+                   help="images in the small requests of the mix (bench/reliability/server.py)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--port", type=int, default=3160)
     p.add_argument("--out", type=Path, default=ROOT / "docs", help="where the PNG/JSON go")
@@ -109,7 +111,7 @@ def main() -> None:
     proc, url = serve(args.port, log, CIFAR2_WORKERS=str(args.workers))
     samples: list = []
     try:
-        requests = mix(has_v2(url))
+        requests = mix(has_v2(url), n=args.images)
         load.run(load.closed_loop("127.0.0.1", args.port, requests, 16, 2.0))  # warm-up
         seconds = 10.0
         cap = len(load.run(load.closed_loop("127.0.0.1", args.port, requests, 64,
