@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -60,7 +59,21 @@ def parse_args(argv):
     p.add_argument("--workers", type=int, help="CIFAR2_WORKERS of the served runs "
                                                "(default: the service's)")
     p.add_argument("--no-http", action="store_true", help="skip the HTTP runs")
+    p.add_argument("--from-json", type=Path, metavar="JSON",
+                   help="measure nothing: write the report and the PNG again from a "
+                        "gpu_check.json (e.g. where matplotlib is, after a GPU run without it)")
     return p.parse_args(argv)
+
+
+def write(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    report.write_markdown(out / "gpu.md", report.markdown(result))
+    try:
+        report.plot(result, out / "gpu_check.png")
+    except Exception as e:  # noqa: BLE001 - matplotlib is not in the wheelhouse; the JSON has it all
+        print(f"gpu_check.png not drawn ({type(e).__name__}: {e}); the points are in "
+              "gpu_check.json: `python -m bench.gpu_check --from-json` draws it elsewhere")
 
 
 def preflight(args) -> str | None:
@@ -87,18 +100,16 @@ def step(name: str, seconds: dict, fn, *a, **kw):
         seconds[name] = round(time.perf_counter() - t0, 1)
 
 
-def cpu_peak() -> float | None:
-    """The CPU's FP32 peak, as bench/bench_backends.py derives it (that module needs torch,
-    which only the CPU run has)."""
-    try:
-        from bench.bench_backends import cpu_peak_flops
-    except ImportError:
-        return None
-    return cpu_peak_flops(os.cpu_count() or 1)[0]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        result = json.loads(args.from_json.read_text())
+        result["bounds"] = report.bounds(result["machine"], result["flops"])
+        result["goals"] = report.goals(result)
+        write(result, args.out or args.from_json.parent)  # derived fields only are recomputed
+        print(f"wrote {args.out or args.from_json.parent}/gpu.md, gpu_check.json, .png again "
+              f"from {args.from_json}")
+        return 0
     why = preflight(args)
     if why:
         print(f"error: {why}", file=sys.stderr)
@@ -138,20 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         "served": bundle["served"], "test_images": bundle.get("test_images"),
         "sizes": sizes, "buckets": buckets, "cell_seconds": args.seconds or d["seconds"],
         "flops": flops, "graph": {m: bundle["models"][m]["graph"] for m in models},
-        "bounds": report.bounds(machine, flops, cpu_peak() if args.device == "cpu" else None),
+        "bounds": report.bounds(machine, flops),
         "machine": machine, "parity": parity, "sweep": rows, "http": http,
         "json_name": "gpu_check.json", "png_name": "gpu_check.png"}
     result["seconds"] = time.perf_counter() - t0
     result["step_seconds"] = seconds
     result["goals"] = report.goals(result)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    report.write_markdown(out / "gpu.md", report.markdown(result))
-    try:
-        report.plot(result, out / "gpu_check.png")
-    except Exception as e:  # noqa: BLE001 - matplotlib is not in the wheelhouse; the JSON has it all
-        print(f"gpu_check.png not drawn ({type(e).__name__}: {e}); the points are in "
-              "gpu_check.json")
+    write(result, out)
     print(f"wrote {out}/gpu.md, gpu_check.json, gpu_check.png in {result['seconds']:.0f} s "
           f"({', '.join(f'{k} {v} s' for k, v in seconds.items())})")
     return 0

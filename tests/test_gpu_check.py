@@ -188,3 +188,14 @@ def test_cuda_libraries_come_from_nvidia_pip_packages():
     rt = CudaRuntime.load()
     assert rt.runtime_version().split(".")[0] == str(ort.cuda_version).split(".")[0]
     assert cudnn_version()[0].startswith("9.")
+
+
+def test_the_gpu_side_needs_no_torch_onnx_or_bentoml_in_process():
+    """The GPU machine has no torch of ours and the wheelhouse no onnx or matplotlib: the check
+    and its helpers must import without them (BentoML runs only in the served subprocess)."""
+    blocked = ("torch", "torchvision", "onnx", "matplotlib", "yaml", "bentoml")
+    code = (f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); "
+            "import bench.gpu_check, bench.gpu.loadgen, bench.gpu.install")
+    done = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -62,7 +62,8 @@ async def _connection(host, port, request, deadline, latencies, statuses) -> int
             # A reply that never comes must not hold the run past its end: an error instead.
             status = await asyncio.wait_for(_read_reply(reader),
                                             timeout=deadline + GRACE_S - time.perf_counter())
-            latencies.append(time.perf_counter() - t0)
+            end = time.perf_counter()
+            latencies.append((end, end - t0))
             statuses[status] = statuses.get(status, 0) + 1
             errors += not 200 <= status < 300
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
@@ -79,14 +80,18 @@ async def _connection(host, port, request, deadline, latencies, statuses) -> int
 
 async def _worker(url, body, headers, connections, seconds) -> dict:
     host, port, request = request_bytes(url, body, headers)
-    latencies: list[float] = []
+    latencies: list[tuple[float, float]] = []  # (end, latency) per reply
     statuses: dict[int, int] = {}
-    deadline = time.perf_counter() + seconds
     t0 = time.perf_counter()
+    deadline = t0 + seconds
     errors = await asyncio.gather(*(_connection(host, port, request, deadline, latencies,
                                                 statuses) for _ in range(connections)))
-    return {"seconds": time.perf_counter() - t0, "errors": sum(errors), "statuses": statuses,
-            "latencies": latencies}
+    # The rate counts the replies that came within the run's time; one late reply (or a hung
+    # request waiting out GRACE_S) must not stretch the window it is divided by.
+    in_time = sum(1 for end, _ in latencies if end <= deadline)
+    return {"seconds": seconds, "in_time": in_time, "errors": sum(errors),
+            "statuses": statuses, "latencies": [lat for _, lat in latencies],
+            "overrun_s": time.perf_counter() - deadline}
 
 
 def run(url: str, body: bytes, headers: list[str], concurrency: int, seconds: float,
@@ -120,7 +125,8 @@ def summarize(parts: list[dict], latencies: np.ndarray, concurrency: int) -> dic
     seconds = max(p["seconds"] for p in parts)
     ms = latencies * 1000 if len(latencies) else np.array([np.nan])
     return {"concurrency": concurrency, "requests": len(latencies), "seconds": seconds,
-            "rps": len(latencies) / seconds, "p50_ms": float(np.percentile(ms, 50)),
+            "rps": sum(p["in_time"] for p in parts) / seconds,
+            "overrun_s": max(p["overrun_s"] for p in parts), "p50_ms": float(np.percentile(ms, 50)),
             "p99_ms": float(np.percentile(ms, 99)), "errors": sum(p["errors"] for p in parts),
             "statuses": statuses}
 

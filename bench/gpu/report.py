@@ -18,9 +18,10 @@ GOALS = [  # issue 11's goals on an H100
 ]
 
 
-def bounds(machine: dict, flops: dict[str, int], cpu_peak: float | None) -> dict:
+def bounds(machine: dict, flops: dict[str, int]) -> dict:
     """images/s ceilings per model: the copy-in bound (measured pinned H2D bytes/s over 3,072
-    bytes per image) and the arithmetic bound per precision (peak FLOP/s over FLOPs/image)."""
+    bytes per image) and the GPU's arithmetic bound per precision (peak FLOP/s over FLOPs per
+    image). None without a GPU: a CPU's bound is bench/bench_backends.py's business."""
     copy, peak = machine.get("copy"), machine.get("peak")
     h2d = copy.get("h2d_bytes_per_s") if isinstance(copy, dict) else None
     out = {}
@@ -28,8 +29,6 @@ def bounds(machine: dict, flops: dict[str, int], cpu_peak: float | None) -> dict
         b = {"pcie": h2d / IMAGE_BYTES if h2d else None, "fp32": None, "fp16": None}
         if isinstance(peak, dict) and "fp32_flops" in peak:
             b["fp32"], b["fp16"] = peak["fp32_flops"] / f, peak["fp16_flops"] / f
-        elif cpu_peak:
-            b["fp32"] = cpu_peak / f
         out[model] = b
     return out
 
