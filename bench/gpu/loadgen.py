@@ -8,7 +8,7 @@ Each connection sends the request, reads the whole reply (Content-Length or chun
 the latency and sends again, until the time is up. Connections are split over --processes
 worker processes so that the client is not the bottleneck; the parent merges their counts and
 latencies. Prints one JSON line: requests, rps, p50_ms, p99_ms, errors (non-2xx replies and
-broken connections), statuses.
+broken connections), unanswered (no reply GRACE_S after the end), statuses.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-GRACE_S = 10.0  # how long a request in flight at the end may still take before it is an error
+GRACE_S = 5.0  # how long a request in flight at the end may still take: then unanswered
 
 
 def request_bytes(url: str, body: bytes, headers: list[str]) -> tuple[str, int, bytes]:
@@ -50,8 +50,10 @@ async def _read_reply(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def _connection(host, port, request, deadline, latencies, statuses) -> int:
-    errors, writer = 0, None
+async def _connection(host, port, request, deadline, latencies, statuses) -> tuple[int, int]:
+    """(errors, unanswered): non-2xx replies and broken connections; requests with no reply
+    GRACE_S after the end of the run."""
+    errors, unanswered, writer = 0, 0, None
     while time.perf_counter() < deadline:
         try:
             if writer is None:
@@ -66,8 +68,13 @@ async def _connection(host, port, request, deadline, latencies, statuses) -> int
             latencies.append((end, end - t0))
             statuses[status] = statuses.get(status, 0) + 1
             errors += not 200 <= status < 300
+        except asyncio.TimeoutError:  # (an OSError too: caught first)
+            unanswered += 1
+            if writer is not None:
+                writer.close()
+            writer = None
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                asyncio.TimeoutError, ValueError, IndexError):
+                ValueError, IndexError):
             errors += 1
             if writer is not None:
                 writer.close()
@@ -75,7 +82,7 @@ async def _connection(host, port, request, deadline, latencies, statuses) -> int
             await asyncio.sleep(0.01)
     if writer is not None:
         writer.close()
-    return errors
+    return errors, unanswered
 
 
 async def _worker(url, body, headers, connections, seconds) -> dict:
@@ -84,12 +91,13 @@ async def _worker(url, body, headers, connections, seconds) -> dict:
     statuses: dict[int, int] = {}
     t0 = time.perf_counter()
     deadline = t0 + seconds
-    errors = await asyncio.gather(*(_connection(host, port, request, deadline, latencies,
+    counts = await asyncio.gather(*(_connection(host, port, request, deadline, latencies,
                                                 statuses) for _ in range(connections)))
     # The rate counts the replies that came within the run's time; one late reply (or a hung
     # request waiting out GRACE_S) must not stretch the window it is divided by.
     in_time = sum(1 for end, _ in latencies if end <= deadline)
-    return {"seconds": seconds, "in_time": in_time, "errors": sum(errors),
+    return {"seconds": seconds, "in_time": in_time, "errors": sum(c[0] for c in counts),
+            "unanswered": sum(c[1] for c in counts),
             "statuses": statuses, "latencies": [lat for _, lat in latencies],
             "overrun_s": time.perf_counter() - deadline}
 
@@ -128,6 +136,7 @@ def summarize(parts: list[dict], latencies: np.ndarray, concurrency: int) -> dic
             "rps": sum(p["in_time"] for p in parts) / seconds,
             "overrun_s": max(p["overrun_s"] for p in parts), "p50_ms": float(np.percentile(ms, 50)),
             "p99_ms": float(np.percentile(ms, 99)), "errors": sum(p["errors"] for p in parts),
+            "unanswered": sum(p["unanswered"] for p in parts),
             "statuses": statuses}
 
 

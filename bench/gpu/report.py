@@ -133,20 +133,20 @@ def split_md(rows: list[dict]) -> list[str]:
 
 
 def http_md(http: dict) -> list[str]:
-    lines = ["| device | request | c | req/s | images/s | p50 ms | p99 ms | errors |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| device | request | c | req/s | images/s | p50 ms | p99 ms | errors | no reply |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for device, run in http["runs"].items():
         if run["status"] != "measured":
-            lines.append(f"| {device} | all | | {run['status'][:300]} | | | | |")
+            lines.append(f"| {device} | all | | {run['status'][:300]} | | | | | |")
             continue
         for c in run["cells"]:
             if c["status"] != "measured":
                 lines.append(f"| {device} | {c['request']} | {c['concurrency']} | {c['status']} "
-                             "| | | | |")
+                             "| | | | | |")
             else:
                 lines.append(f"| {device} | {c['request']} | {c['concurrency']} | {c['rps']:,.0f}"
                              f" | {c['images_per_s']:,.0f} | {c['p50_ms']:.1f} | "
-                             f"{c['p99_ms']:.1f} | {c['errors']} |")
+                             f"{c['p99_ms']:.1f} | {c['errors']} | {c.get('unanswered', 0)} |")
     ratios = http.get("cuda_over_cpu") or {}
     lines += ["", "CUDA over CPU, images/s: " + (", ".join(
         f"{k}: {v:.1f}x" for k, v in ratios.items()) or f"{NO_GPU}.")]
