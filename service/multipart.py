@@ -10,6 +10,7 @@ limit is refused before a single image is decoded.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -28,6 +29,18 @@ class Form:
 
     def file_count(self) -> int:
         return sum(len(v) for v in self.files.values())
+
+    def text(self, name: str, default: str) -> str:
+        """A text field's value. BentoML's client sends fields JSON-encoded ('"dense"', as
+        its OpenAPI document says), curl sends them plain ('dense'): both mean dense."""
+        value = self.fields.get(name, default)
+        if value.startswith('"'):
+            try:
+                decoded = json.loads(value)
+            except ValueError:
+                return value
+            return decoded if isinstance(decoded, str) else value
+        return value
 
 
 def boundary_of(content_type: str) -> bytes:

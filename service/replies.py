@@ -7,8 +7,9 @@ it concerns, when there is one).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
+
+import orjson
 
 Headers = list[tuple[bytes, bytes]]
 JSON = b"application/json"
@@ -23,7 +24,10 @@ class Reply:
 
     @classmethod
     def json(cls, obj, status: int = 200, headers: Headers | None = None) -> Reply:
-        return cls(status, json.dumps(obj).encode(), JSON, headers or [])
+        """``obj`` may hold numpy arrays: orjson writes them directly (float32 as float32),
+        20x faster than ``json.dumps(a.tolist())`` for a bulk reply."""
+        return cls(status, orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY), JSON,
+                   headers or [])
 
     @classmethod
     def json_bytes(cls, body: bytes, headers: Headers | None = None) -> Reply:

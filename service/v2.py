@@ -16,10 +16,10 @@ message names it; the request layer turns it into ``{"error": ...}``, what trito
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 
 from service.errors import BadInput
 from service.tensors import SHAPE, contains_bool, json_may_hold_bools
@@ -62,8 +62,8 @@ def decode_infer(body: bytes, header_length: str | None, max_images: int) -> Inf
                            f"has {len(body)} bytes; it must be the length of the JSON header")
         header, binary = body[:n], body[n:]
     try:
-        request = json.loads(header)
-    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        request = orjson.loads(header)
+    except ValueError as e:  # orjson's errors, too deep nesting included, are ValueErrors
         raise BadInput(f"the inference request header is not valid JSON ({e})") from None
     if not isinstance(request, dict):
         raise BadInput("the inference request must be a JSON object with 'inputs'")
@@ -88,12 +88,12 @@ def encode_infer(model: str, version: str, request: InferRequest,
             out["parameters"] = {"binary_data_size": t.nbytes}
             raw.append(t.tobytes())
         else:
-            out["data"] = t.ravel().tolist()
+            out["data"] = t.ravel()  # orjson writes the array itself
         outputs.append(out)
     reply = {"model_name": model, "model_version": version, "outputs": outputs}
     if request.id is not None:
         reply["id"] = request.id
-    header = json.dumps(reply, separators=(",", ":")).encode()
+    header = orjson.dumps(reply, option=orjson.OPT_SERIALIZE_NUMPY)
     if not raw:
         return header, None
     return b"".join([header, *raw]), len(header)
