@@ -64,7 +64,12 @@ class MicroBatcher:
         self.inline_max = inline_max
         self.max_queue_ms = max_queue_ms  # 0: no admission control
         self.pending: collections.deque = collections.deque()
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks: set[asyncio.Task] = set()  # keeps the running drain tasks referenced
+        # Drain tasks that will still look at ``pending``. Counted by the tasks themselves,
+        # not by ``len(self.tasks)``: a task leaves that set in a done-callback, one loop step
+        # after its last look, and a request queued in between found "enough" tasks running
+        # and waited forever.
+        self.draining = 0
         self.batch_sizes: collections.Counter = collections.Counter()  # requests per ORT call
         self.queued_images = 0  # waiting or running
         self.ms_per_image = 0.0  # moving average over model calls; 0 until the first one
@@ -96,13 +101,20 @@ class MicroBatcher:
             return Ran(logits, probs, len(images), _ms(start - queued), ms)
         future = asyncio.get_running_loop().create_future()
         self.pending.append((images, future, queued))
-        if len(self.tasks) < self.concurrency:
+        if self.draining < self.concurrency:
+            self.draining += 1
             task = asyncio.create_task(self._drain())
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         return await future
 
     async def _drain(self) -> None:
+        try:
+            await self._drain_pending()
+        finally:  # in the same step as the last look at ``pending``: no request slips past
+            self.draining -= 1
+
+    async def _drain_pending(self) -> None:
         while self.pending:
             group, n = [], 0
             while self.pending and (not group or n + len(self.pending[0][0]) <= self.max_batch):

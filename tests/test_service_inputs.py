@@ -336,3 +336,25 @@ def test_admission_by_expected_queueing_delay_lets_small_requests_in():
     assert small.probs.shape == (1, 2) and alone.probs.shape == (2048, 2)
     assert 0 < len(refused) < 8 and "CIFAR2_MAX_QUEUE_MS" in str(refused[0])
     assert b.queued_images == 0 and 0.3 < b.ms_per_image < 5
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_no_request_is_stranded_when_a_drain_task_ends(concurrency):
+    """Clients that send again the moment their reply arrives: a request queued in the step
+    between a drain task's last look at the queue and its exit must still be served (it once
+    waited forever, and a SIGTERM drain then waited on it)."""
+    def model(x):
+        z = np.zeros((len(x), 2), np.float32)
+        return z, z
+
+    async def client(b):
+        for _ in range(300):
+            await b(np.zeros((1, 3, 32, 32), np.uint8))
+
+    async def run():
+        b = MicroBatcher(model, max_batch=64, concurrency=concurrency)
+        await asyncio.wait_for(asyncio.gather(*(client(b) for _ in range(32))), 20)
+        return b
+
+    b = asyncio.run(run())
+    assert b.stats()["requests"] == 32 * 300 and b.draining == 0
