@@ -181,7 +181,13 @@ def main() -> None:
                    choices=list(MODES))
     p.add_argument("--port", type=int, default=3100)
     p.add_argument("--out", type=Path, default=ROOT / "docs", help="where the PNG/JSON go")
+    p.add_argument("--from-json", type=Path, help="print the tables of a saved run, run nothing")
     args = p.parse_args()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        report(saved["results"], saved["decode_us"], saved["workers"],
+               saved["model_only_images_per_s"])
+        return
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install -y wrk")
 
@@ -235,9 +241,17 @@ def main() -> None:
         {"machine": machine(), "duration_s": args.duration, "repeat": args.repeat,
          "workers": int(workers), "model_only_images_per_s": model_only,
          "decode_us": decode_us, "results": results}, indent=1))
+    report(results, decode_us, int(workers), model_only)
+    plot(results, args.out / "bench_http.png")
+    print(f"\nwrote {args.out / 'bench_http.json'} and {args.out / 'bench_http.png'}")
+
+
+def report(results: list[dict], decode_us: dict, workers: int, model_only: list[float]) -> None:
     print(table(results))
     print()
-    print(decode_table(decode_us, results, int(workers)))
+    print(summary_table(results))
+    print()
+    print(decode_table(decode_us, results, workers))
     ort = statistics.median(model_only)
     print(f"\nmodel only (ORT in-process, batch 1024, 2 threads, no HTTP), before and after: "
           f"{model_only[0]:,.0f} and {model_only[1]:,.0f} images/s")
@@ -245,8 +259,26 @@ def main() -> None:
         if r["body"] == "npy1024" and r["server"] == "fast path":
             print(f"bulk /predict c={r['concurrency']}: {r['images_per_s']:,.0f} images/s = "
                   f"{r['images_per_s'] / ort:.0%} of in-process ORT")
-    plot(results, args.out / "bench_http.png")
-    print(f"\nwrote {args.out / 'bench_http.json'} and {args.out / 'bench_http.png'}")
+
+
+def summary_table(results: list[dict], c: int = 32) -> str:
+    """One row per single-image request at concurrency c: each path against its ceiling."""
+    cell = {(r["server"], r["body"]): r for r in results if r["concurrency"] == c}
+    rows = [(f"| request (1 image, c={c}) | req/s | p99 ms | ceiling req/s | % of ceiling | "
+            "BentoML path req/s | % of its ceiling |"),
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for body in SINGLE:
+        fast, ceil = cell.get(("fast path", body)), cell.get(("ceiling (fast path)", body))
+        if not fast or not ceil:
+            continue
+        slow, slow_ceil = cell.get(("bentoml path", body)), cell.get(("ceiling (bentoml path)",
+                                                                        body))
+        slow_cells = (f"{slow['rps']:,.0f} | {100 * slow['rps'] / slow_ceil['rps']:.1f}%"
+                      if slow and slow_ceil else "none | none")
+        rows.append(f"| {LABELS[body]} | {fast['rps']:,.0f} | {fast['p99_ms']:.1f} | "
+                    f"{ceil['rps']:,.0f} | {100 * fast['rps'] / ceil['rps']:.1f}% | "
+                    f"{slow_cells} |")
+    return "\n".join(rows)
 
 
 def summarize(server, body, data, c, reps) -> dict:
