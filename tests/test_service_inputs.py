@@ -132,7 +132,7 @@ def test_pickled_npy_is_refused_without_unpickling():
     buf = io.BytesIO()
     np.save(buf, evil, allow_pickle=True)
     assert b"\x80" in buf.getvalue()  # really a pickle inside
-    with pytest.raises(ValueError, match="holds Python objects \(a pickle\); it is refused unread"):
+    with pytest.raises(ValueError, match=r"holds Python objects \(a pickle\); it is refused unread"):
         parse_tensor(buf.getvalue())
     with pytest.raises(ValueError):
         parse_tensor(pickle.dumps([1, 2, 3]))
