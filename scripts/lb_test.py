@@ -155,6 +155,7 @@ def main(argv=None) -> int:
         lb.terminate()
         lb.wait(timeout=10)
         subprocess.run([DOCKER, "rm", "-f", *REPLICAS], capture_output=True, check=False)
+        subprocess.run([DOCKER, "network", "rm", NETWORK], capture_output=True, check=False)
     print("| phase | seconds | sent | answered 200 | failed: non-2xx | failed: no reply |")
     print("|---|---:|---:|---:|---:|---:|")
     for phase, r in rows:
