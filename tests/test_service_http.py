@@ -34,7 +34,9 @@ def free_port() -> int:
 def server_env(home: Path, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CIFAR2_", "BENTOML_"))}
     env.update({"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True",
-                "CIFAR2_WORKERS": "1", "CIFAR2_DEVICE": "cpu", **extra})
+                "CIFAR2_WORKERS": "1", "CIFAR2_DEVICE": "cpu",
+                "CIFAR2_DRAIN_S": "0",  # no lame duck when a test stops its server
+                **extra})
     return env
 
 
