@@ -6,7 +6,10 @@ option added: cuDNN's HEURISTIC convolution search. Nothing here imports torch.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +29,35 @@ def open_serving_session(path: str, device: str, threads: int):
                                  "CIFAR2_DEVICE=auto / cpu") from None
 
 
+class ModelFileBroken(RuntimeError):
+    """model.onnx in the store is missing, damaged, or not the file that was registered."""
+
+
+def checked_model_file(stored) -> str:
+    """The path of the stored model.onnx, after checking it against the sha256 that the
+    exporter wrote into the store's model.json: a file with flipped bytes can still load and
+    give wrong answers, so loading is not proof enough."""
+    tag, path = str(stored.tag), Path(stored.path_of("model.onnx"))
+    fix = (f"re-register the model (`make models`, or `python -m export RUN.pt --register`), or "
+           f"check the store with `python -m export.verify {tag}`")
+    if not path.is_file():
+        raise ModelFileBroken(f"{tag}: {path} is missing; {fix}")
+    card = Path(stored.path_of("model.json"))
+    try:
+        want = json.loads(card.read_text())["files"]["model.onnx"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ModelFileBroken(f"{tag}: {card} does not list the sha256 of model.onnx, so the "
+                              f"file cannot be checked; {fix}") from None
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != want:
+        raise ModelFileBroken(f"{tag}: {path} is not the registered file (its sha256 differs "
+                              f"from model.json: damaged or replaced); {fix}")
+    return str(path)
+
+
 class ServedModel:
     def __init__(self, key: str, stored, device: str, threads: int):
         self.key = key  # "convnet" or "dense": the name clients use
@@ -33,7 +65,7 @@ class ServedModel:
         self.metadata = dict(stored.info.metadata)
         self.labels = dict(stored.info.labels)
         self.classes = list(self.metadata.get("classes", ["airplane", "bird"]))
-        self.session, self.provider = open_serving_session(stored.path_of("model.onnx"), device,
+        self.session, self.provider = open_serving_session(checked_model_file(stored), device,
                                                            threads)
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

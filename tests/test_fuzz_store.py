@@ -55,23 +55,13 @@ def answers(store, tmp_path_factory) -> dict:
     return out
 
 
-UNCHECKED = pytest.mark.xfail(
-    reason="service/runtime.py loads model.onnx without checking it against the sha256 that the "
-    "store's model.json lists for it (export/card.py writes it): weights with flipped bytes still "
-    "parse, and the service is ready and answers 200 with wrong outputs", strict=True)
-
-
-@pytest.mark.parametrize("how", [*DAMAGE[:2], pytest.param(DAMAGE[2], marks=UNCHECKED)])
+@pytest.mark.parametrize("how", DAMAGE)
 def test_damaged_model_file_starts_not_ready_naming_the_file(answers, how):
     status, text, predict = answers[how]
     assert status == 503 and predict == 503, (how, status, text, predict)
     assert "model.onnx" in text and "cifar2-net" in text, text
 
 
-@pytest.mark.xfail(reason="service/service.py CIFAR2.__init__ reports ONNX Runtime's load error "
-                   "(file and cause) but no fix: it should say to re-register the model "
-                   "(`make models` or `python -m export RUN.pt --register`) or check it with "
-                   "`python -m export.verify TAG`", strict=True)
 @pytest.mark.parametrize("how", DAMAGE)
 def test_damaged_model_file_readiness_names_the_fix(answers, how):
     assert FIX.search(answers[how][1]), answers[how][1]
