@@ -14,6 +14,9 @@ from service.batcher import QueueFull, Ran
 from service.errors import BadInput
 from service.images import decode_images
 
+# The served models, by the names clients use (routes, V2 model names, /info keys).
+MODELS = ("convnet", "dense")
+
 # Images decoded on the event loop; more go to a thread so the loop keeps reading requests.
 # One small PNG or JPEG decodes in ~50-100 us, about what a thread hand-off costs.
 INLINE_DECODE_IMAGES = 4
@@ -29,7 +32,7 @@ async def decode_files(files: list[bytes], max_images: int) -> np.ndarray:
 def model_key(service, name) -> str:
     """The served model a request names; BadInput when there is none by that name."""
     if name not in service.batchers:
-        known = " or ".join(f"'{k}'" for k in ("convnet", "dense"))
+        known = " or ".join(f"'{k}'" for k in MODELS)
         raise BadInput(f"unknown model {name!r}; choose {known}", status=400)
     return name
 

@@ -162,7 +162,7 @@ async def v2_get(service, request: Request, model: str | None, version: str | No
     served = _v2_model(service, model, version)
     if action == "/ready":
         return Reply.json({"name": model, "version": served.version, "ready": True})
-    return Reply.json(v2.model_metadata(model, served.tag, served.classes))
+    return Reply.json(v2.model_metadata(model, served.version, served.tag, served.classes))
 
 
 def _ready_reply(service) -> Reply:
@@ -173,8 +173,9 @@ def _ready_reply(service) -> Reply:
 
 
 def _v2_model(service, model: str, version: str | None):
-    if model not in ("convnet", "dense"):
-        raise BadInput(f"unknown model {model!r}; this server has 'convnet' and 'dense'",
+    if model not in inference.MODELS:
+        raise BadInput(f"unknown model {model!r}; this server has "
+                       f"{' and '.join(repr(m) for m in inference.MODELS)}",
                        status=404)
     if service is None or not service.ready:
         raise BadInput(f"model {model!r} is not ready: "

@@ -39,9 +39,9 @@ class InferRequest:
     outputs: tuple[tuple[str, bool], ...]  # (name, as binary), in reply order
 
 
-def model_metadata(name: str, tag: str, classes: list[str]) -> dict:
+def model_metadata(name: str, version: str, tag: str, classes: list[str]) -> dict:
     """GET /v2/models/{name}: the served model's tensors; -1 is the batch dimension."""
-    return {"name": name, "versions": [tag.split(":", 1)[1]], "platform": PLATFORM,
+    return {"name": name, "versions": [version], "platform": PLATFORM,
             "tag": tag, "classes": classes,
             "inputs": [{"name": INPUT, "datatype": "UINT8", "shape": [-1, *SHAPE]}],
             "outputs": [{"name": o, "datatype": "FP32", "shape": [-1, len(classes)]}
