@@ -293,7 +293,12 @@ def test_requests_in_front_of_bentoml_are_counted_in_metrics(server):
                    metric(server, "cifar2_batch_size_count", route="/classify"),
                    metric(server, "cifar2_rejected_request_total", reason="body_too_large")])
 
-    before = counts()
+    # The earlier tests' requests reach /metrics up to 50 ms after their replies: wait until
+    # the page stops moving, or their late writes would count as this test's.
+    before, settled = None, counts()
+    while before != settled:
+        time.sleep(0.2)
+        before, settled = settled, counts()
     for body, n in ((ok, 3), (bad, 2)):
         for _ in range(n):
             server.post("/predict", content=body, headers={"content-type": "application/x-npy"})
