@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import bentoml
 
-from service import config, drain, openapi
+from service import config, drain, knownpaths, openapi
 from service.info import ReadyGate
 from service.limits import RequestLimits
 from service.requestlog import RequestLog
@@ -27,6 +27,7 @@ from service.routes import RequestLayer
 
 def front(app):
     """Wrap BentoML's ASGI app in our front middlewares (outermost first, as listed above)."""
+    app = knownpaths.KnownPaths(app)  # unknown paths: our 404, before BentoML's metrics see them
     app = RequestLayer(app, fast_routes=config.FAST_PATH)
     app = drain.Drain(app)  # SIGTERM: readiness false, lame duck, finish in-flight (drain.py)
     return RequestLog(RequestLimits(ReadyGate(app), max_body_bytes=config.MAX_BODY_BYTES,

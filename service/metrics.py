@@ -5,7 +5,8 @@ The request layer (service/routes.py) and the limits run before BentoML's metric
 requests; these do, on the same /metrics page:
 
 - ``cifar2_request_total{route,http_response_code}`` and
-  ``cifar2_request_duration_seconds{route}``: requests the request layer answered;
+  ``cifar2_request_duration_seconds{route}``: requests the request layer answered, and as
+  ``route="unknown"`` the 404s for paths the service does not serve (service/knownpaths.py);
 - ``cifar2_batch_size{route}`` and ``cifar2_queue_seconds{route}``: per request, the images in
   the model call it rode in and its wait before that call (the X-Batch-Size and X-Queue-Ms
   reply headers), for every inference route on either path;
