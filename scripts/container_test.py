@@ -9,8 +9,9 @@ tiny untrained models in a throwaway store (scripts/tiny_models.py; --store uses
 builds the image (scripts/container_build.sh), then runs it non-root with a read-only root
 filesystem and checks: /info (provider, models, no torch), the user and the read-only root, no
 CUDA libraries in the CPU image, the project's HTTP tests (tests/test_service_http.py against
-the container's port), and `docker stop` under a load of 512-image requests (every accepted
-request answered, exit 0 within the grace period). Prints image sizes and start-to-ready time.
+the container's port), a SIGKILLed worker (restarted by the supervisor, and serving), and
+`docker stop` under a load of 512-image requests (every accepted request answered, exit 0
+within the grace period). Prints image sizes and start-to-ready time.
 Exit status 1 when any check fails.
 """
 
@@ -137,6 +138,57 @@ def _run_http_tests(url: str, check: Checks) -> None:
         print(done.stdout[-4000:])
 
 
+# The worker processes inside the container: `python -m _bentoml_impl.worker.service ...` (an
+# argument of its own, so not this probe, whose code merely contains the name). psutil comes
+# with BentoML; the slim image has no ps or kill, so both go through the image's own Python.
+_PY = "/app/.venv/bin/python"
+_WORKERS = ("import psutil; print(' '.join(str(p.pid) for p in psutil.process_iter(['cmdline']) "
+            "if '_bentoml_impl.worker.service' in (p.info['cmdline'] or ())))")
+
+
+def container_workers(name: str) -> set[int]:
+    return {int(pid) for pid in sh(DOCKER, "exec", name, _PY, "-c", _WORKERS).split()}
+
+
+def kill_worker(name: str, url: str, check: Checks, wait_s: float = 40) -> dict:
+    """SIGKILL one of the two workers (as the OOM killer would): the supervisor must start a new
+    one (BentoML turns that off when BENTOML_CONTAINERIZED is set, which BentoML's Dockerfile
+    does and the image's ENTRYPOINT undoes), and the new one must serve. Then kill the other
+    original worker too, so that the one process left answering is the new one."""
+    before = container_workers(name)
+    check(len(before) == 2, "two worker processes", str(sorted(before)))
+    victim = min(before)
+    sh(DOCKER, "exec", name, _PY, "-c", f"import os; os.kill({victim}, 9)")
+    t0 = time.monotonic()
+    new: set[int] = set()
+    while not new and time.monotonic() - t0 < wait_s:
+        time.sleep(0.2)
+        new = container_workers(name) - before
+    restart_s = time.monotonic() - t0
+    env1 = sh(DOCKER, "exec", name, "sh", "-c", "tr '\\0' '\\n' </proc/1/environ", check=False)
+    marked = "BENTOML_CONTAINERIZED" in env1
+    check(bool(new), "a killed worker is restarted",
+          f"new worker {sorted(new)} {restart_s:.1f} s after SIGKILL of {victim}" if new else
+          f"none within {wait_s:.0f} s; BENTOML_CONTAINERIZED {'set' if marked else 'unset'} "
+          "for PID 1")
+    if not new:
+        return {"restart_s": None}
+    for pid in before - {victim}:
+        sh(DOCKER, "exec", name, _PY, "-c", f"import os; os.kill({pid}, 9)")
+    try:
+        r = httpx.post(f"{url}/predict", json={"images": [[[[7] * 32] * 32] * 3] * 2}, timeout=60)
+        served = r.status_code == 200 and len(r.json()) == 2
+        detail = f"HTTP {r.status_code}"
+    except httpx.TransportError as e:
+        served, detail = False, type(e).__name__
+    check(served, "the new worker serves (the other original worker killed too)", detail)
+    # Back to two workers and ready before the next check (docker stop under load).
+    while len(container_workers(name)) < 2 and time.monotonic() - t0 < 2 * wait_s:
+        time.sleep(0.2)
+    wait_ready(url, name)
+    return {"restart_s": round(restart_s, 1), "served": served}
+
+
 def stop_under_load(name: str, check: Checks) -> dict:
     """`docker stop` (SIGTERM to PID 1) while 24 clients send 512-image .npy requests.
 
@@ -232,6 +284,8 @@ def main(argv=None) -> int:
                       check)
         print("== tests/test_service_http.py against the image", flush=True)
         http_tests(image, args.port + 1, ["--gpus", "all"] if has_gpu else [], check)
+        print("== SIGKILL of a worker", flush=True)
+        respawn = kill_worker(name, url, check)
         print("== docker stop under load", flush=True)
         drain = stop_under_load(name, check)
     finally:
@@ -242,7 +296,7 @@ def main(argv=None) -> int:
     for line in image_report("python:3.11-slim", layers=0) + image_report(image):
         print("  " + line)
     print(f"  build {build_s:.0f} s; start to ready {ready_s:.1f} s; docker stop under load: "
-          f"{json.dumps(drain)}")
+          f"{json.dumps(drain)}; killed worker: {json.dumps(respawn)}")
     print(f"  {'FAILED: ' + ', '.join(check.failed) if check.failed else 'all checks passed'}")
     return 1 if check.failed else 0
 
