@@ -57,10 +57,14 @@ REQUEST_TIMEOUT_S = _int("CIFAR2_REQUEST_TIMEOUT_S", 60) or 60
 
 MAX_BODY_BYTES = _int("CIFAR2_MAX_BODY_MB", 16) * 1024 * 1024
 MAX_IMAGES = _int("CIFAR2_MAX_IMAGES", 1024)
-# Requests in progress per worker before new ones get 503 + Retry-After instead of queueing.
-MAX_IN_FLIGHT = _int("CIFAR2_MAX_IN_FLIGHT", 256)
-# Admission by expected queueing delay (service/batcher.py): a request that would wait longer
-# than this for its model call gets 503 + Retry-After, unless the model is idle. 0 = off.
+# Requests in progress per worker (bodies in, not yet answered) before new ones get 503 +
+# Retry-After instead of queueing: the cap on the burst a worker takes on before its sojourn
+# (service/sojourn.py) shows it is behind. 64 x a 16-image request is ~100 ms of work on a core.
+MAX_IN_FLIGHT = _int("CIFAR2_MAX_IN_FLIGHT", 64)
+# The latency budget. Admission by expected queueing delay (service/batcher.py): a request that
+# would wait longer than this for its model call gets 503 + Retry-After, unless the model is
+# idle; and a worker whose requests all wait longer than this from their last body byte to
+# their reply turns new ones away before reading them (service/sojourn.py). 0 = off.
 MAX_QUEUE_MS = _int("CIFAR2_MAX_QUEUE_MS", 500)
 # Declared pixels (width x height) above which an upload is a decompression bomb.
 MAX_IMAGE_PIXELS = _int("CIFAR2_MAX_IMAGE_PIXELS", 4096 * 4096)

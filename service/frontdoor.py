@@ -1,8 +1,13 @@
 """The ASGI app each worker serves: our limits, readiness gate and request layer in front of
-BentoML's app.
+BentoML's app, outermost first:
 
-    RequestLimits -> ReadyGate -> RequestLayer -> BentoML (metrics, tracing, timeout, /info,
-                                                           IO layer, the @bentoml.api methods)
+    RequestLog      request ids, one log line per error reply (service/requestlog.py)
+    RequestLimits   413 body cap, 503 load shedding before the body is read (service/limits.py)
+    ReadyGate       503 until the models are loaded (service/info.py)
+    Drain           SIGTERM: readiness false, lame duck, finish in-flight (service/drain.py)
+    RequestLayer    every inference route and encoding, V2 (service/routes.py)
+    KnownPaths      JSON 404 for paths nobody serves (service/knownpaths.py)
+    BentoML's app   metrics, tracing, timeout, /info, IO layer, the @bentoml.api methods
 
 Why in front: on 2 CPU cores, BentoML's own middlewares cost more than the rest of a
 single-image request together. Its Prometheus middleware makes five multiprocess writes and
@@ -27,11 +32,12 @@ from service.routes import RequestLayer
 
 def front(app):
     """Wrap BentoML's ASGI app in our front middlewares (outermost first, as listed above)."""
-    app = knownpaths.KnownPaths(app)  # unknown paths: our 404, before BentoML's metrics see them
+    app = knownpaths.KnownPaths(app)  # before BentoML's metrics label series by the raw path
     app = RequestLayer(app, fast_routes=config.FAST_PATH)
-    app = drain.Drain(app)  # SIGTERM: readiness false, lame duck, finish in-flight (drain.py)
-    return RequestLog(RequestLimits(ReadyGate(app), max_body_bytes=config.MAX_BODY_BYTES,
-                                    max_in_flight=config.MAX_IN_FLIGHT))  # ids, error lines
+    app = ReadyGate(drain.Drain(app))
+    app = RequestLimits(app, max_body_bytes=config.MAX_BODY_BYTES,
+                        max_in_flight=config.MAX_IN_FLIGHT, max_wait_s=config.MAX_QUEUE_MS / 1000)
+    return RequestLog(app)
 
 
 class FrontDoorService(bentoml.Service):

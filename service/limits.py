@@ -2,24 +2,32 @@
 
 An ASGI middleware, so the checks run before BentoML parses anything:
 - Content-Length above the cap -> 413 at once; a chunked body is counted as it is buffered.
-- More requests in progress in this worker than ``max_in_flight`` -> 503 with Retry-After, so
-  an overloaded server answers fast instead of letting clients time out.
-- Any 503 the app itself sends (BentoML's batch queue shedding) gets a Retry-After header too.
+- A worker that is behind (service/sojourn.py: even its quickest recent requests waited longer
+  than ``max_wait_s`` between their last body byte and their reply) -> 503 with Retry-After,
+  before the body is read or decoded: turning a request away costs a fraction of serving it, so
+  an overloaded worker answers everyone at once instead of holding connections for seconds.
+- More requests in progress in this worker (bodies in, not yet answered) than
+  ``max_in_flight`` -> 503 with Retry-After, a hard cap whatever the timing says; it bounds
+  the burst a worker takes on before service/sojourn.py has measured anything.
+- Any 503 the app itself sends (the batcher's admission control) gets a Retry-After header too.
 """
 
 from __future__ import annotations
 
 from service import metrics
 from service.replies import send_json
+from service.sojourn import Sojourn, now
 
 PROBES = ("/livez", "/readyz", "/healthz", "/metrics", "/info", "/v2/health")
 
 
 class RequestLimits:
-    def __init__(self, app, max_body_bytes: int, max_in_flight: int, retry_after_s: int = 1):
+    def __init__(self, app, max_body_bytes: int, max_in_flight: int, max_wait_s: float = 0,
+                 retry_after_s: int = 1):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
+        self.sojourn = Sojourn(max_wait_s)
         self.retry_after = str(retry_after_s).encode()
         self.in_flight = 0
 
@@ -30,6 +38,13 @@ class RequestLimits:
             return await self._reject(send, 503, f"server overloaded ({self.in_flight} requests "
                                       f"in progress in this worker); retry after "
                                       f"{self.retry_after.decode()} s")
+        if self.sojourn.behind(self.in_flight, now()):
+            waited = self.sojourn.last_min * 1000
+            budget = self.sojourn.target_s * 1000
+            return await self._reject(send, 503, f"server overloaded: requests in this worker "
+                                      f"wait {waited:.0f} ms for their reply, over the "
+                                      f"{budget:g} ms budget (CIFAR2_MAX_QUEUE_MS); retry "
+                                      f"after {self.retry_after.decode()} s")
         length = _content_length(scope)
         if length is not None and length > self.max_body_bytes:
             return await self._too_large(send, length)
@@ -38,21 +53,11 @@ class RequestLimits:
             if body is None:
                 return await self._too_large(send, None)
             receive = _replay(body)
-        self.in_flight += 1
+        exchange = _Exchange(self, receive, send)
         try:
-            await self.app(scope, receive, self._add_retry_after(send))
+            await self.app(scope, exchange.receive, exchange.send)
         finally:
-            self.in_flight -= 1
-
-    def _add_retry_after(self, send):
-        async def wrapped(message):
-            if message["type"] == "http.response.start" and message["status"] == 503:
-                headers = list(message.get("headers", []))
-                if not any(k.lower() == b"retry-after" for k, _ in headers):
-                    headers.append((b"retry-after", self.retry_after))
-                message = {**message, "headers": headers}
-            await send(message)
-        return wrapped
+            exchange.close()
 
     async def _buffer(self, receive) -> bytes | None:
         chunks, size = [], 0
@@ -79,6 +84,43 @@ class RequestLimits:
         metrics.rejected("overloaded" if status == 503 else "body_too_large")
         headers = ((b"retry-after", self.retry_after),) if status == 503 else ()
         await send_json(send, status, {"error": message}, headers)
+
+
+class _Exchange:
+    """One request's receive and send through the limits. It counts as in progress once its
+    body is in: a slow upload is not work yet, so 200 clients trickling bodies at a byte a
+    second do not fill ``max_in_flight``. Its sojourn (last body byte to reply) is timed for
+    service/sojourn.py when it is served: a 4xx is answered without waiting for anything, and a
+    503 was turned away (it gets Retry-After)."""
+
+    __slots__ = ("_receive", "_send", "body_done", "limits")
+
+    def __init__(self, limits: RequestLimits, receive, send):
+        self.limits, self._receive, self._send = limits, receive, send
+        self.body_done: float | None = None
+
+    async def receive(self):
+        message = await self._receive()
+        if self.body_done is None and not message.get("more_body", False):
+            self.body_done = now()
+            self.limits.in_flight += 1
+        return message
+
+    async def send(self, message):
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            if status == 503:
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"retry-after" for k, _ in headers):
+                    headers.append((b"retry-after", self.limits.retry_after))
+                message = {**message, "headers": headers}
+            elif status < 300 and self.body_done is not None:
+                self.limits.sojourn.answered(self.body_done, now())
+        await self._send(message)
+
+    def close(self) -> None:
+        if self.body_done is not None:
+            self.limits.in_flight -= 1
 
 
 def _content_length(scope) -> int | None:

@@ -24,6 +24,7 @@ from service.batcher import MicroBatcher
 from service.errors import BadInput
 from service.images import decode_image, decode_images
 from service.limits import RequestLimits
+from service.sojourn import Sojourn
 from service.tensors import parse_tensor
 
 
@@ -306,8 +307,9 @@ def test_front_door_puts_limits_gate_and_request_layer_before_bentoml():
     while type(app).__module__.startswith("service."):
         chain.append(type(app).__name__)
         app = app.app
-    order = [chain.index(name) for name in ("RequestLimits", "ReadyGate", "RequestLayer")]
-    assert order == sorted(order) and chain[-1] == "RequestLayer"
+    order = [chain.index(name)
+             for name in ("RequestLimits", "ReadyGate", "RequestLayer", "KnownPaths")]
+    assert order == sorted(order) and chain[-1] == "KnownPaths"
     assert isinstance(app, Starlette)  # BentoML's app, with its own middlewares, comes next
 
 
@@ -336,6 +338,65 @@ def test_admission_by_expected_queueing_delay_lets_small_requests_in():
     assert small.probs.shape == (1, 2) and alone.probs.shape == (2048, 2)
     assert 0 < len(refused) < 8 and "CIFAR2_MAX_QUEUE_MS" in str(refused[0])
     assert b.queued_images == 0 and 0.3 < b.ms_per_image < 5
+
+
+def test_sojourn_rule_is_codel_minimum_per_window():
+    s = Sojourn(target_s=0.1, window_s=0.1)
+    s.answered(body_done=0.0, now=0.05)  # opens the window [0.05, 0.15)
+    s.answered(body_done=0.0, now=0.3)  # a slow one closes it: min 50 ms, not behind
+    assert not s.behind(in_progress=5, now=0.31)
+    s.answered(body_done=0.0, now=0.32)  # this window's quickest waited 300 ms
+    assert s.behind(in_progress=5, now=0.41) and s.last_min == pytest.approx(0.3)
+    assert not s.behind(in_progress=0, now=0.42)  # nothing in progress: no backlog
+    s.answered(body_done=0.6, now=0.62)  # a quick reply: the next window clears it
+    assert not s.behind(in_progress=5, now=0.75)
+    s.answered(body_done=0.0, now=0.76)
+    s.answered(body_done=0.0, now=0.80)
+    assert s.behind(in_progress=5, now=0.87)
+    assert not s.behind(in_progress=5, now=1.5)  # a window with no replies clears it
+
+
+def test_a_worker_that_is_behind_turns_requests_away_before_reading_them():
+    """Requests that wait longer than the budget for their reply: the next one is answered 503
+    with Retry-After without its body being read, and once the backlog is gone they get in."""
+    reads = []
+
+    async def slow(request):
+        reads.append(len(await request.body()))
+        await asyncio.sleep(0.06)  # a backlog: 60 ms between the body and the reply
+        return JSONResponse({"ok": True})
+
+    async def held(request):
+        await request.body()
+        await gate.wait()
+        return JSONResponse({"ok": True})
+
+    app = RequestLimits(Starlette(routes=[Route("/slow", slow, methods=["POST"]),
+                                          Route("/held", held, methods=["POST"])]),
+                        max_body_bytes=10_000, max_in_flight=100, max_wait_s=0.02)
+    gate = asyncio.Event()
+
+    async def run():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://t") as c:
+            waiting = asyncio.create_task(c.post("/held", content=b"h"))
+            await asyncio.gather(*(c.post("/slow", content=b"x") for _ in range(3)))
+            await asyncio.sleep(0.11)
+            await c.post("/slow", content=b"x")  # closes a window whose quickest took 60 ms
+            before = len(reads)
+            turned_away = await c.post("/slow", content=b"y" * 1000)
+            unread = len(reads) == before
+            gate.set()
+            await waiting
+            await asyncio.sleep(0.11)
+            back = await c.post("/slow", content=b"z")
+            return turned_away, unread, back
+
+    turned_away, unread, back = asyncio.run(run())
+    assert turned_away.status_code == 503 and turned_away.headers["retry-after"] == "1"
+    error = turned_away.json()["error"]
+    assert "over the 20 ms budget (CIFAR2_MAX_QUEUE_MS)" in error and unread, error
+    assert back.status_code == 200
 
 
 @pytest.mark.parametrize("concurrency", [1, 2])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -71,21 +72,32 @@ def main() -> None:
     p.add_argument("--port", type=int, default=3150)
     p.add_argument("--images", type=int, default=16,
                    help="images in the small requests of the mix (bench/reliability/server.py)")
-    p.add_argument("--workers", type=int, default=2, help="CIFAR2_WORKERS of the started server")
+    p.add_argument("--workers", type=int, default=None,
+                   help="CIFAR2_WORKERS of the started server (default: one per server CPU)")
+    p.add_argument("--client-cpus", default="0" if len(os.sched_getaffinity(0)) > 1 else "",
+                   help="CPUs of this load generator, the server gets the others (taskset "
+                   "syntax; '' shares them all). Default: CPU 0, so that a client at 3x the "
+                   "capacity does not take the server's CPU and measure itself")
     p.add_argument("--factor", type=float, default=3.0)
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--capacity-s", type=float, default=10.0)
     p.add_argument("--timeout", type=float, default=10.0, help="client timeout per request, s")
     args = p.parse_args()
 
-    proc = None
+    proc, server_cpus = None, None
+    if args.client_cpus:
+        client = _cpus(args.client_cpus)
+        server_cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0) - client))
+        os.sched_setaffinity(0, client)
+    workers = args.workers or (len(server_cpus.split(",")) if server_cpus else 2)
     if args.url:
         url = args.url if args.url.startswith("http") else f"http://{args.url}"
     else:
         log = Path(tempfile.mkdtemp(prefix="overload_")) / "serve.log"
-        print(f"starting bentoml serve (CIFAR2_WORKERS={args.workers}, log: {log})",
-              file=sys.stderr)
-        proc, url = serve(args.port, log, CIFAR2_WORKERS=str(args.workers))
+        print(f"starting bentoml serve (CIFAR2_WORKERS={workers}, CPUs "
+              f"{server_cpus or 'all'}; this client on CPUs {args.client_cpus or 'all'}; "
+              f"log: {log})", file=sys.stderr)
+        proc, url = serve(args.port, log, cpus=server_cpus, CIFAR2_WORKERS=str(workers))
     host, port = url.split("//")[1].split(":")
     port = int(port)
     try:
@@ -137,6 +149,15 @@ def main() -> None:
     print(f"\nback to full speed (a 0.5 s window at >= 90% of capacity, no 503) {when} "
           "after the load")
     sys.exit(1 if failed or backlog > 0.01 * len(over) or back is None or back > 2.0 else 0)
+
+
+def _cpus(spec: str) -> set[int]:
+    """taskset's list syntax: "0", "0,2", "0-3"."""
+    out = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
 
 
 if __name__ == "__main__":

@@ -25,13 +25,15 @@ WORKER_MODULE = "_bentoml_impl.worker.service"
 __all__ = ["has_v2", "mix", "npy_bytes", "open_fds", "rss_mb", "serve", "stop", "workers"]
 
 
-def serve(port: int, log: Path, **env: str):
-    """`bentoml serve` on 127.0.0.1:port with CIFAR2_* overrides; returns (process, url) once
-    /readyz is 200 (exits with the log's tail if it does not come up)."""
+def serve(port: int, log: Path, cpus: str | None = None, **env: str):
+    """`bentoml serve` on 127.0.0.1:port with CIFAR2_* overrides, on the CPUs ``cpus`` (taskset
+    syntax, e.g. "1"; default: all); returns (process, url) once /readyz is 200 (exits with the
+    log's tail if it does not come up)."""
     # No lame-duck delay on stop unless asked (service/drain.py): the scripts stop many servers.
     full = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "CIFAR2_DRAIN_S": "0", **env}
     url = f"http://127.0.0.1:{port}"
-    proc = start([BENTOML, "serve", "--port", str(port), "--host", "127.0.0.1"], full,
+    pin = ["taskset", "-c", cpus] if cpus else []
+    proc = start([*pin, BENTOML, "serve", "--port", str(port), "--host", "127.0.0.1"], full,
                  f"{url}/readyz", log)
     return proc, url
 
