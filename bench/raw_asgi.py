@@ -28,7 +28,7 @@ async def decode(path: str, request: routes.Request):
     if path in ("/classify", "/compare"):
         return (await routes.form_images(request))[1]
     if path.startswith("/v2/"):
-        return v2.decode_infer(request.body, request.headers.get(v2.HEADER_LENGTH),
+        return v2.decode_infer(request.body, request.header(v2.HEADER_LENGTH, None),
                                config.MAX_IMAGES).images
     return None
 

@@ -53,8 +53,16 @@ class Request:
     def __init__(self, scope, body: bytes):
         self.scope = scope
         self.body = body
-        self.headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        self.media_type = self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        self.media_type = self.header("content-type").split(";", 1)[0].strip().lower()
+
+    def header(self, name: str, default: str = "") -> str:
+        """One request header (``name`` in lower case, as ASGI gives them). Looked up in the
+        scope's list rather than copied into a dict on every request: a handler reads two."""
+        key = name.encode("latin-1")
+        for k, v in self.scope["headers"]:
+            if k == key:
+                return v.decode("latin-1")
+        return default
 
     def form(self) -> Form:
         if self.media_type == "application/x-www-form-urlencoded":  # text fields, no files
@@ -65,7 +73,7 @@ class Request:
             raise BadInput(f"{self.scope['path']} takes multipart/form-data (image files in the "
                            f"field 'images'), got Content-Type {self.media_type or 'none'!r}",
                            status=415)
-        return parse_form(self.body, boundary_of(self.headers["content-type"]), config.MAX_IMAGES)
+        return parse_form(self.body, boundary_of(self.header("content-type")), config.MAX_IMAGES)
 
 
 # --- the decoders of /predict: JSON, .npy body, multipart .npy upload -------------------------
@@ -138,7 +146,7 @@ async def compare(service, request: Request) -> Reply:
 
 async def v2_infer(service, request: Request, model: str, version: str | None) -> Reply:
     served = _v2_model(service, model, version)
-    infer = v2.decode_infer(request.body, request.headers.get(v2.HEADER_LENGTH),
+    infer = v2.decode_infer(request.body, request.header(v2.HEADER_LENGTH, None),
                             config.MAX_IMAGES)
     ran = await inference.run(service, model, infer.images, "/v2/infer")
     body, header_length = v2.encode_infer(model, served.version, infer,
