@@ -81,8 +81,14 @@ class Drain:
             return await send_json(send, 503, {"error": "not ready: draining, this replica "
                                                "is shutting down"}, ((b"connection", b"close"),))
         STATE.in_flight += 1
+        # Replies to requests that arrive while draining say "Connection: close", so that
+        # clients reconnect to another replica. Requests already in flight when SIGTERM comes
+        # keep their connection until uvicorn's own shutdown closes it; not wrapping every
+        # request's send saves a coroutine call per message.
+        if STATE.draining:
+            send = _close_when_draining(send)
         try:
-            await self.app(scope, receive, _close_when_draining(send))
+            await self.app(scope, receive, send)
         finally:
             STATE.in_flight -= 1
 
