@@ -25,6 +25,7 @@ Its requests are counted in /metrics as cifar2_request_* (service/metrics.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -212,7 +213,12 @@ class RequestLayer:
         if route is None:
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
-        body = await _read_body(receive)
+        try:
+            body = await _read_body(receive, config.BODY_TIMEOUT_S)
+        except BadInput as e:  # too slow: answer, and close the connection it holds
+            await Reply.json(e.body(), e.status, [(b"connection", b"close")]).send(send)
+            metrics.request_done(route, e.status, time.perf_counter() - t0)
+            return None
         if body is None:  # the client went away before sending its request
             return None
         try:
@@ -268,15 +274,41 @@ def _method_not_allowed(allowed: str):
     return handler
 
 
-async def _read_body(receive) -> bytes | None:
-    chunks, more = [], True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        more = message.get("more_body", False)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+async def _read_body(receive, timeout_s: float) -> bytes | None:
+    """The whole body, or None if the client left first. A body still incomplete
+    ``timeout_s`` after its first bytes is a BadInput (408): a client trickling a body would
+    otherwise hold its connection, and a SIGTERM drain waiting on it, for as long as it likes.
+    The timer exists only for bodies that come in several pieces; one-piece bodies (every small
+    request) pay nothing."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        return None
+    chunks = [message.get("body", b"")]
+    if not message.get("more_body", False):
+        return chunks[0]
+    task, expired = asyncio.current_task(), []
+
+    def expire():
+        expired.append(True)
+        task.cancel()
+    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+    except asyncio.CancelledError:
+        if not expired:
+            raise
+        task.uncancel()  # the cancellation was ours, and it is handled here
+        raise BadInput(f"the request body was not complete {timeout_s:g} s after it began "
+                       "(CIFAR2_BODY_TIMEOUT_S); send it faster or in smaller requests",
+                       status=408) from None
+    finally:
+        timer.cancel()
 
 
 def _decompressed(body: bytes, scope) -> bytes:

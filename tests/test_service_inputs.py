@@ -340,6 +340,40 @@ def test_admission_by_expected_queueing_delay_lets_small_requests_in():
     assert b.queued_images == 0 and 0.3 < b.ms_per_image < 5
 
 
+def test_a_body_that_trickles_past_the_timeout_gets_408_and_closes(monkeypatch):
+    """A client that sends part of a body and stalls: 408 naming the setting, Connection: close,
+    instead of holding the connection (and a SIGTERM drain) for as long as it likes. A body in
+    several pieces that arrives in time is read whole."""
+    monkeypatch.setattr(routes.config, "BODY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(routes, "get_current_service", lambda: None)  # no model is reached
+
+    async def call(pieces: list[bytes], stall: bool):
+        sent, queue = [], list(pieces)
+
+        async def receive():
+            if queue:
+                body = queue.pop(0)
+                return {"type": "http.request", "body": body, "more_body": bool(queue) or stall}
+            await asyncio.Event().wait()  # the client never sends the rest
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/predict", "query_string": b"",
+                 "headers": [(b"content-type", b"application/x-npy")]}
+        t0 = time.perf_counter()
+        # wait_for: without the body timeout this would wait forever; fail instead
+        await asyncio.wait_for(routes.RequestLayer(None)(scope, receive, send), 5)
+        return sent, time.perf_counter() - t0
+
+    sent, took = asyncio.run(call([b"\x93NUMPY"], stall=True))
+    start, body = sent
+    assert start["status"] == 408 and (b"connection", b"close") in start["headers"]
+    assert "CIFAR2_BODY_TIMEOUT_S" in json.loads(body["body"])["error"] and took < 2
+    sent, _ = asyncio.run(call([b"not", b" an", b" npy"], stall=False))
+    assert sent[0]["status"] == 400  # read whole, then refused for what it is
+
+
 def test_sojourn_rule_is_codel_minimum_per_window():
     s = Sojourn(target_s=0.1, window_s=0.1)
     s.answered(body_done=0.0, now=0.05)  # opens the window [0.05, 0.15)
