@@ -26,6 +26,7 @@ ERRORS = {
            "an unknown model, malformed JSON or form",
     "404": "unknown model, version or route",
     "405": "wrong method",
+    "408": "the body was still arriving CIFAR2_BODY_TIMEOUT_S after it began",
     "413": "too many images, a body over the size limit, or a decompression bomb",
     "415": "a Content-Type the route does not take",
     "500": "the model failed (logged with the request id)",
@@ -71,7 +72,7 @@ def document(spec: dict) -> dict:
     for path in ("/classify", "/compare", "/predict"):
         op = spec["paths"][path]["post"]
         op["responses"] = {"200": {**op["responses"]["200"], "headers": BATCH_HEADERS},
-                           **_errors("400", "413", "415", "500", "503", "504")}
+                           **_errors("400", "408", "413", "415", "500", "503", "504")}
     predict = spec["paths"]["/predict"]["post"]
     predict["responses"]["200"]["content"]["application/json"]["schema"] = _matrix(2)
     tensor = {"type": "string", "format": "binary",
@@ -146,7 +147,7 @@ def _v2_paths() -> dict:
                                   "content": {"application/json": {"schema": infer_reply},
                                               "application/octet-stream": {"schema": {
                                                   "type": "string", "format": "binary"}}}},
-                          **_errors("400", "404", "413", "415", "500", "503", "504")}}}
+                          **_errors("400", "404", "408", "413", "415", "500", "503", "504")}}}
 
     paths = {
         "/v2": get("Server metadata", obj),
