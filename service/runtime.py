@@ -1,7 +1,8 @@
 """A served model: one ONNX Runtime session over a store model's model.onnx, plus its card.
 
-Sessions come from export.runtime (the one provider-selection function), with one serving
-option added: cuDNN's HEURISTIC convolution search. Nothing here imports torch.
+Sessions use export.runtime's provider selection (the one provider-selection function), with
+serving options added: cuDNN's HEURISTIC convolution search, and the shared CPU arena that
+gives back what bursts of big batches took (service/memory.py). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -9,11 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
-from export.runtime import RuntimeUnavailable, open_session, run_session
+from export.runtime import CUDA, RuntimeUnavailable, providers_for
+from service import config
+from service.memory import RUN_OPTIONS, share_cpu_arena
 
 # cuDNN's default EXHAUSTIVE search benchmarks every algorithm for every new batch size, and
 # adaptive batching makes many batch sizes.
@@ -21,12 +26,42 @@ CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 
 def open_serving_session(path: str, device: str, threads: int):
-    """(session, provider that really runs it); device="cuda" without CUDA raises."""
-    try:
-        return open_session(path, device, threads, CUDA_OPTIONS)
-    except RuntimeUnavailable as e:
-        raise RuntimeUnavailable(f"CIFAR2_DEVICE=cuda, but {e}; fix the GPU setup or use "
-                                 "CIFAR2_DEVICE=auto / cpu") from None
+    """(session, provider that really runs it); device="cuda" without CUDA raises.
+    export.runtime.open_session without a way to pass session options, hence built here."""
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    # Memory patterns allocate one block per run for all its tensors, sized for each new batch
+    # size: two runs at once then fill the kept arena region unevenly (service/memory.py).
+    # Without them, as fast here (`python -m bench.reliability.memory`).
+    opts.enable_mem_pattern = False
+    share_cpu_arena(opts)
+    session = ort.InferenceSession(path, sess_options=opts,
+                                   providers=providers_for(device, CUDA_OPTIONS))
+    used = session.get_providers()[0]
+    if device == "cuda" and used != CUDA:
+        raise RuntimeUnavailable(f"CIFAR2_DEVICE=cuda, but ONNX Runtime runs {used} (no usable "
+                                 "GPU or CUDA libraries); fix the GPU setup or use "
+                                 "CIFAR2_DEVICE=auto / cpu")
+    return session, used
+
+
+def run_serving_session(session, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """export.runtime.run_session, plus the run options that give the CPU arena's added regions
+    back after the run (service/memory.py)."""
+    logits, probs = session.run(["logits", "probs"], {"images": np.ascontiguousarray(images)},
+                                RUN_OPTIONS)
+    return logits, probs
+
+
+def run_at_once(session, n: int, at_once: int) -> None:
+    """Run ``at_once`` batches of ``n`` images together, as the batcher does under load (up to
+    CIFAR2_BATCH_CONCURRENCY per model): the kept part of the CPU arena that they touch is then
+    in the worker's RSS from the start instead of showing as growth at the first queue build-up,
+    and the regions they add are given back (service/memory.py)."""
+    images = np.zeros((n, 3, 32, 32), np.uint8)
+    with ThreadPoolExecutor(at_once) as pool:
+        list(pool.map(lambda _: run_serving_session(session, images), range(at_once)))
 
 
 class ModelFileBroken(RuntimeError):
@@ -70,7 +105,7 @@ class ServedModel:
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N,3,32,32] -> (logits, probabilities), float32 [N,2] each."""
-        return run_session(self.session, images)
+        return run_serving_session(self.session, images)
 
     @property
     def version(self) -> str:
@@ -89,6 +124,8 @@ class ServedModel:
             if out.shape != (n, len(self.classes)) or not np.all(np.isfinite(out)):
                 raise RuntimeError(f"{self.tag}: warm-up at batch {n} gave {out.shape} "
                                    "or non-finite probabilities")
+        if batch_sizes:
+            run_at_once(self.session, max(batch_sizes), config.BATCH_CONCURRENCY)
         return times
 
     def card(self) -> dict:

@@ -1,0 +1,79 @@
+"""Worker memory that stays flat under varying batch sizes: one ONNX Runtime CPU arena shared by
+the sessions, which hands back what a burst of big batches took once those batches are done.
+
+    from service.memory import RUN_OPTIONS, share_cpu_arena
+    share_cpu_arena(opts)            # on the SessionOptions, before creating the session
+    session.run(names, feeds, RUN_OPTIONS)
+
+Why: with ONNX Runtime's defaults each session has its own CPU arena that grows by powers of two
+and never gives memory back, so every new high-water mark of concurrent batches (a queue
+build-up sends 1,024-image batches, two at a time per model) became a permanent step in a
+worker's RSS: +26% and +33% after warm-up in the 10-minute soak
+(`python -m bench.reliability.soak`), with 314 MiB of arena regions mapped after 2.5 minutes.
+Here:
+
+- one arena for both models (``session.use_env_allocators``), whose first region of
+  ``KEEP_BYTES`` is kept for good: it holds a 1,024-image convnet batch and the small batches
+  running next to it, so ordinary traffic never maps or faults in new memory (with a small kept
+  region, every 1,024-image batch mapped its own and page faults made it much slower);
+- a region added beyond it (``GROW_BYTES`` or more) is freed at the end of the first run that
+  finds it unused (``memory.enable_memory_arena_shrinkage``). It is larger than the kept region
+  on purpose: the arena places a tensor in the smallest free block that fits, and while an added
+  region was the smaller one, every small batch's outputs (still held when its run ends) landed
+  there and kept it alive;
+- glibc serves blocks from ``MMAP_THRESHOLD`` up with mmap, at a fixed threshold: by default it
+  raises the threshold to the size of each mmapped block freed (up to 32 MB), so the next such
+  blocks came from the heap and their freed memory stayed in the process, fragmented.
+
+ServedModel.warmup (service/runtime.py) runs two of the largest batches at once, so the part of
+the kept region that the service touches under load is in its RSS from the start.
+
+Measured with `python -m bench.reliability.memory` (RSS through a batch-size sequence on three
+threads, and images/s per batch size, ORT's defaults against these sessions).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+
+import onnxruntime as ort
+
+MiB = 1 << 20
+KEEP_BYTES = 128 * MiB
+GROW_BYTES = 256 * MiB
+MMAP_THRESHOLD = 4 * MiB
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+# After each run, free the CPU arena's added regions that no running batch uses.
+RUN_OPTIONS = ort.RunOptions()
+RUN_OPTIONS.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+_registered = False
+
+
+def share_cpu_arena(opts: ort.SessionOptions) -> None:
+    """Make a session allocate from the process's shared CPU arena (created on first use)."""
+    global _registered
+    if not _registered:
+        fixed_mmap_threshold()
+        cpu = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
+                                ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(cpu, ort.OrtArenaCfg({
+            "max_mem": 0,  # no cap: a batch must never fail for want of arena
+            "arena_extend_strategy": 0,  # kNextPowerOfTwo: only the first region is never freed
+            "initial_chunk_size_bytes": KEEP_BYTES,
+            "initial_growth_chunk_size_bytes": GROW_BYTES}))
+        _registered = True
+    opts.add_session_config_entry("session.use_env_allocators", "1")
+
+
+def fixed_mmap_threshold() -> bool:
+    """glibc only (elsewhere a no-op, False): blocks of MMAP_THRESHOLD and up are mmapped and go
+    back to the system when freed."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    except (OSError, AttributeError):
+        return False
