@@ -13,8 +13,8 @@ worker's RSS: +26% and +33% after warm-up in the 10-minute soak
 Here:
 
 - one arena for both models (``session.use_env_allocators``), whose first region of
-  ``KEEP_BYTES`` is kept for good: it holds a 1,024-image convnet batch and the small batches
-  running next to it, so ordinary traffic never maps or faults in new memory (with a small kept
+  ``KEEP_BYTES`` is kept for good: it holds the largest batches the batchers run at once, so
+  ordinary traffic and bulk requests never map or fault in new memory (with a small kept
   region, every 1,024-image batch mapped its own and page faults made it much slower);
 - a region added beyond it (``GROW_BYTES`` or more) is freed at the end of the first run that
   finds it unused (``memory.enable_memory_arena_shrinkage``). It is larger than the kept region
@@ -29,7 +29,7 @@ Here:
   freed middle parts of request buffers (its [heap] mapping grew 32 -> 58 MiB in 3.5 minutes at
   70% load, and malloc_trim took it back to 32), which the soak counted as growth.
 
-ServedModel.warmup (service/runtime.py) runs two of the largest batches at once, so the part of
+ServedModel.warmup (service/runtime.py) runs four of the largest batches at once, so the part of
 the kept region that the service touches under load is in its RSS from the start.
 
 Measured with `python -m bench.reliability.memory` (RSS through a batch-size sequence on three
@@ -46,7 +46,12 @@ import time
 import onnxruntime as ort
 
 MiB = 1 << 20
-KEEP_BYTES = 128 * MiB
+# Sized for four 1,024-image convnet batches at once (two per model's batcher, see
+# ServedModel.warmup): a kept region that held only one made every concurrent big batch map,
+# fault in and free a region of its own, and bulk /predict 26% slower
+# (`python -m bench.ab_http before:@OLD after: --body npy1024 --concurrency 4`: 68 -> 50 req/s).
+# Only the pages batches touch count in RSS.
+KEEP_BYTES = 512 * MiB
 GROW_BYTES = 256 * MiB
 MMAP_THRESHOLD = 4 * MiB
 TRIM_EVERY_S = 10.0

@@ -125,7 +125,9 @@ class ServedModel:
                 raise RuntimeError(f"{self.tag}: warm-up at batch {n} gave {out.shape} "
                                    "or non-finite probabilities")
         if batch_sizes:
-            run_at_once(self.session, max(batch_sizes), config.BATCH_CONCURRENCY)
+            # Both models' batchers share the arena and run up to BATCH_CONCURRENCY batches
+            # each: the peak is twice that many of the largest batch at once.
+            run_at_once(self.session, max(batch_sizes), 2 * config.BATCH_CONCURRENCY)
         return times
 
     def card(self) -> dict:
