@@ -54,6 +54,11 @@ def run_serving_session(session, images: np.ndarray) -> tuple[np.ndarray, np.nda
     return logits, probs
 
 
+# Both models' batchers share one CPU arena (service/memory.py) and each runs up to
+# CIFAR2_BATCH_CONCURRENCY batches at once: the warm-up runs that peak of the largest batch.
+WARMUP_AT_ONCE = 2 * config.BATCH_CONCURRENCY
+
+
 def run_at_once(session, n: int, at_once: int) -> None:
     """Run ``at_once`` batches of ``n`` images together, as the batcher does under load (up to
     CIFAR2_BATCH_CONCURRENCY per model): the kept part of the CPU arena that they touch is then
@@ -125,9 +130,7 @@ class ServedModel:
                 raise RuntimeError(f"{self.tag}: warm-up at batch {n} gave {out.shape} "
                                    "or non-finite probabilities")
         if batch_sizes:
-            # Both models' batchers share the arena and run up to BATCH_CONCURRENCY batches
-            # each: the peak is twice that many of the largest batch at once.
-            run_at_once(self.session, max(batch_sizes), 2 * config.BATCH_CONCURRENCY)
+            run_at_once(self.session, max(batch_sizes), WARMUP_AT_ONCE)
         return times
 
     def card(self) -> dict:

@@ -44,9 +44,13 @@ def batch_size(rng: random.Random) -> int:
 def measure(config: str, paths: list[str], rounds: int, calls: int) -> dict:
     """In this process: RSS (MiB) after warm-up and after each round, and img/s per batch size."""
     from export.runtime import open_session, run_session
-    from service.config import BATCH_CONCURRENCY
     from service.config import WARMUP_BATCH_SIZES as WARMUP
-    from service.runtime import open_serving_session, run_at_once, run_serving_session
+    from service.runtime import (
+        WARMUP_AT_ONCE,
+        open_serving_session,
+        run_at_once,
+        run_serving_session,
+    )
 
     if config == "service":
         sessions = [open_serving_session(p, "cpu", 1)[0] for p in paths]
@@ -71,7 +75,7 @@ def measure(config: str, paths: list[str], rounds: int, calls: int) -> dict:
             run(i, x[:n].copy())
     if config == "service":  # the rest of ServedModel.warmup
         for s in sessions:
-            run_at_once(s, WARMUP[-1], BATCH_CONCURRENCY)
+            run_at_once(s, WARMUP[-1], WARMUP_AT_ONCE)
     out = {"config": config, "img_per_s": speed, "rss_warm": rss(), "rss_rounds": []}
 
     def caller(seed: int) -> None:
