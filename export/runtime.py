@@ -90,13 +90,14 @@ def providers_for(device: str, cuda_options: dict | None = None) -> list:
 
 
 def open_session(path: str | Path, device: str = "cpu", threads: int = 0,
-                 cuda_options: dict | None = None):
+                 cuda_options: dict | None = None, options: ort.SessionOptions | None = None):
     """Create an InferenceSession; return (session, provider that really runs it).
 
     ``device="cuda"`` raises RuntimeUnavailable if CUDA is not actually the first provider;
     ``"auto"`` takes CUDA when it works and reports CPU otherwise. ``threads`` = 0 lets ORT choose.
+    ``options``: SessionOptions to start from (the service's shared memory arena).
     """
-    opts = ort.SessionOptions()
+    opts = options or ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(path), sess_options=opts,
@@ -109,7 +110,9 @@ def open_session(path: str | Path, device: str = "cpu", threads: int = 0,
     return sess, used
 
 
-def run_session(sess, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def run_session(sess, images: np.ndarray, run_options: ort.RunOptions | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Run the serving graph: uint8 [N,3,32,32] -> (logits, probs) float32 [N,2]."""
-    logits, probs = sess.run(["logits", "probs"], {"images": np.ascontiguousarray(images)})
+    logits, probs = sess.run(["logits", "probs"], {"images": np.ascontiguousarray(images)},
+                             run_options)
     return logits, probs

@@ -95,7 +95,7 @@ class Drain:
 
 def _close_when_draining(send):
     async def wrapped(message):
-        if STATE.draining and message["type"] == "http.response.start":
+        if message["type"] == "http.response.start":
             headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
             message = {**message, "headers": [*headers, (b"connection", b"close")]}
         await send(message)

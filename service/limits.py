@@ -14,9 +14,11 @@ An ASGI middleware, so the checks run before BentoML parses anything:
 
 from __future__ import annotations
 
+from time import monotonic as now
+
 from service import metrics
 from service.replies import send_json
-from service.sojourn import Sojourn, now
+from service.sojourn import Sojourn
 
 PROBES = ("/livez", "/readyz", "/healthz", "/metrics", "/info", "/v2/health")
 

@@ -57,13 +57,9 @@ class Request:
         self.media_type = self.header("content-type").split(";", 1)[0].strip().lower()
 
     def header(self, name: str, default: str = "") -> str:
-        """One request header (``name`` in lower case, as ASGI gives them). Looked up in the
-        scope's list rather than copied into a dict on every request: a handler reads two."""
-        key = name.encode("latin-1")
-        for k, v in self.scope["headers"]:
-            if k == key:
-                return v.decode("latin-1")
-        return default
+        """One request header (``name`` in lower case, as ASGI gives them)."""
+        value = header_value(self.scope, name.encode("latin-1"))
+        return default if value is None else value.decode("latin-1")
 
     def form(self) -> Form:
         if self.media_type == "application/x-www-form-urlencoded":  # text fields, no files
@@ -75,6 +71,15 @@ class Request:
                            f"field 'images'), got Content-Type {self.media_type or 'none'!r}",
                            status=415)
         return parse_form(self.body, boundary_of(self.header("content-type")), config.MAX_IMAGES)
+
+
+def header_value(scope, key: bytes) -> bytes | None:
+    """The first value of header ``key`` (lower case), looked up in the scope's list rather than
+    copied into a dict on every request: a request reads two or three."""
+    for k, v in scope["headers"]:
+        if k == key:
+            return v
+    return None
 
 
 # --- the decoders of /predict: JSON, .npy body, multipart .npy upload -------------------------
@@ -314,8 +319,7 @@ async def _read_body(receive, timeout_s: float) -> bytes | None:
 def _decompressed(body: bytes, scope) -> bytes:
     """A gzip or deflate request body (tritonclient's request compression), inflated to at
     most the body limit, so a small bomb cannot become a large allocation."""
-    encoding = next((v for k, v in scope["headers"] if k == b"content-encoding"), b"identity")
-    encoding = encoding.strip().lower()
+    encoding = (header_value(scope, b"content-encoding") or b"identity").strip().lower()
     if encoding in (b"identity", b""):
         return body
     if encoding not in (b"gzip", b"deflate"):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from export.runtime import CUDA, RuntimeUnavailable, providers_for
+from export.runtime import RuntimeUnavailable, open_session, run_session
 from service import config
 from service.memory import RUN_OPTIONS, share_cpu_arena
 
@@ -26,32 +26,24 @@ CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 
 def open_serving_session(path: str, device: str, threads: int):
-    """(session, provider that really runs it); device="cuda" without CUDA raises.
-    export.runtime.open_session without a way to pass session options, hence built here."""
+    """(session, provider that really runs it); device="cuda" without CUDA raises."""
     opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
     # Memory patterns allocate one block per run for all its tensors, sized for each new batch
     # size: two runs at once then fill the kept arena region unevenly (service/memory.py).
     # Without them, as fast here (`python -m bench.reliability.memory`).
     opts.enable_mem_pattern = False
     share_cpu_arena(opts)
-    session = ort.InferenceSession(path, sess_options=opts,
-                                   providers=providers_for(device, CUDA_OPTIONS))
-    used = session.get_providers()[0]
-    if device == "cuda" and used != CUDA:
-        raise RuntimeUnavailable(f"CIFAR2_DEVICE=cuda, but ONNX Runtime runs {used} (no usable "
-                                 "GPU or CUDA libraries); fix the GPU setup or use "
-                                 "CIFAR2_DEVICE=auto / cpu")
-    return session, used
+    try:
+        return open_session(path, device, threads, CUDA_OPTIONS, opts)
+    except RuntimeUnavailable as e:
+        raise RuntimeUnavailable(f"CIFAR2_DEVICE=cuda, but {e}; fix the GPU setup or use "
+                                 "CIFAR2_DEVICE=auto / cpu") from None
 
 
 def run_serving_session(session, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """export.runtime.run_session, plus the run options that give the CPU arena's added regions
+    """export.runtime.run_session with the run options that give the CPU arena's added regions
     back after the run (service/memory.py)."""
-    logits, probs = session.run(["logits", "probs"], {"images": np.ascontiguousarray(images)},
-                                RUN_OPTIONS)
-    return logits, probs
+    return run_session(session, images, RUN_OPTIONS)
 
 
 # Both models' batchers share one CPU arena (service/memory.py) and each runs up to

@@ -21,7 +21,6 @@ worker with nothing in progress is never overloaded.
 from __future__ import annotations
 
 import math
-import time
 
 
 class Sojourn:
@@ -54,7 +53,3 @@ class Sojourn:
             self.last_min = self.window_min
         self.window_min = math.inf
         self.window_end = now + self.window_s
-
-
-def now() -> float:
-    return time.monotonic()

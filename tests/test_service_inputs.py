@@ -382,7 +382,7 @@ def test_sojourn_rule_is_codel_minimum_per_window():
     s.answered(body_done=0.0, now=0.32)  # this window's quickest waited 300 ms
     assert s.behind(in_progress=5, now=0.41) and s.last_min == pytest.approx(0.3)
     assert not s.behind(in_progress=0, now=0.42)  # nothing in progress: no backlog
-    s.answered(body_done=0.6, now=0.62)  # a quick reply: the next window clears it
+    s.answered(body_done=0.6, now=0.62)  # closes a window with no replies: cleared
     assert not s.behind(in_progress=5, now=0.75)
     s.answered(body_done=0.0, now=0.76)
     s.answered(body_done=0.0, now=0.80)
