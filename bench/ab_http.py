@@ -2,7 +2,8 @@
 
     python -m bench.ab_http base: gc700:CIFAR2_GC_THRESHOLD=700           # env variants
     python -m bench.ab_http old:@/tmp/old-checkout new: --rounds 5        # another checkout
-    python -m bench.ab_http on: off:CIFAR2_BATCHING=off --route classify --body png1
+    python -m bench.ab_http on: off:CIFAR2_BATCHING=off --body png1      # /classify
+    python -m bench.ab_http base: --body v2bin1                            # V2 binary infer
 
 A variant is ``NAME:ENV=VALUE,ENV=VALUE`` (the service with those variables) or
 ``NAME:@PATH`` (``bentoml serve`` run from another checkout, e.g. a ``git worktree`` of an older
@@ -39,8 +40,8 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--duration", type=float, default=5, help="seconds per wrk run")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--route", default="predict")
-    p.add_argument("--body", default="npy1", choices=["npy1", "npy1024", "png1"])
+    p.add_argument("--body", default="npy1", choices=list(bench_http.ROUTES),
+                   help="request body, as bench/bench_http.py builds it; it picks the route")
     p.add_argument("--port", type=int, default=3200)
     args = p.parse_args()
     variants = [variant(v) for v in args.variants]
@@ -50,9 +51,12 @@ def main() -> None:
     body = bodies(tmp)[args.body]
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True"}
     url = f"http://127.0.0.1:{args.port}"
-    ceiling_url = f"http://127.0.0.1:{args.port + 1}/{args.route}"
-    ceiling = start([sys.executable, "-m", "bench.raw_asgi", "--port", str(args.port + 1)], env,
-                    ceiling_url, tmp / "raw.log")
+    route = bench_http.ROUTES[args.body]
+    ceiling_url = f"http://127.0.0.1:{args.port + 1}{route}"
+    # As many ceiling workers as the service has, like bench/bench_http.py.
+    ceiling = start([sys.executable, "-m", "bench.raw_asgi", "--port", str(args.port + 1),
+                     "--workers", env.get("CIFAR2_WORKERS", "2")], env,
+                    f"http://127.0.0.1:{args.port + 1}/predict", tmp / "raw.log")
     runs: dict[str, list[tuple[dict, dict]]] = {}
     try:
         for _ in range(args.rounds):
@@ -62,9 +66,9 @@ def main() -> None:
                        str(args.port), "--host", "127.0.0.1"]
                 proc = start(cmd, {**env, **extra}, url + "/readyz", tmp / "serve.log")
                 try:
-                    wrk(f"{url}/{args.route}", body, args.concurrency, 2, lua)  # warm-up
+                    wrk(url + route, body, args.concurrency, 2, lua)  # warm-up
                     ceil = wrk(ceiling_url, body, args.concurrency, args.duration, lua)
-                    got = wrk(f"{url}/{args.route}", body, args.concurrency, args.duration, lua)
+                    got = wrk(url + route, body, args.concurrency, args.duration, lua)
                 finally:
                     stop(proc)
                 runs.setdefault(name, []).append((got, ceil))
@@ -73,7 +77,7 @@ def main() -> None:
                       f"errors {got['errors']}", flush=True)
     finally:
         stop(ceiling)
-    print(f"\nmedians over {args.rounds} rounds, /{args.route} ({args.body}), "
+    print(f"\nmedians over {args.rounds} rounds, {route} ({args.body}), "
           f"c={args.concurrency}:")
     for name, pairs in runs.items():
         rps = statistics.median(g["rps"] for g, _ in pairs)

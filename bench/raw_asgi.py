@@ -8,17 +8,27 @@ and the service is what serving costs beyond HTTP and decoding: batching, the mo
 BentoML. Run by the benchmark, or by hand:
 
     python -m bench.raw_asgi --port 3999 --workers 2
+    python -m bench.raw_asgi --port 3999 --workers 2 --one-write
+
+Plain, it is stock uvicorn, which writes each reply's headers and body in two send() calls.
+With --one-write it sends them in one, as the service's workers do (service/onewrite.py): the
+ceiling of the same HTTP stack the service runs on.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
-from service import config, routes, v2
+from service import config, onewrite, routes, v2
 from service.errors import BadInput
 
 REPLY = b"[[0.5,0.5]]"
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"11")]
+ONE_WRITE = "RAW_ASGI_ONE_WRITE"  # set by --one-write, read by each uvicorn worker process
+
+if os.environ.get(ONE_WRITE) == "1":
+    onewrite.install()
 
 
 async def decode(path: str, request: routes.Request):
@@ -60,7 +70,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=3999)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--one-write", action="store_true",
+                        help="headers and body in one send(), as the service's workers")
     args = parser.parse_args()
+    os.environ[ONE_WRITE] = "1" if args.one_write else "0"
     uvicorn.run("bench.raw_asgi:app", port=args.port, workers=args.workers, access_log=False,
                 log_level="warning", lifespan="off")
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import bentoml
 
-from service import config, drain, knownpaths, openapi
+from service import config, drain, knownpaths, onewrite, openapi
 from service.info import ReadyGate
 from service.limits import RequestLimits
 from service.requestlog import RequestLog
@@ -32,6 +32,7 @@ from service.routes import RequestLayer
 
 def front(app):
     """Wrap BentoML's ASGI app in our front middlewares (outermost first, as listed above)."""
+    onewrite.install()  # this worker's replies leave in one write each (service/onewrite.py)
     app = knownpaths.KnownPaths(app)  # before BentoML's metrics label series by the raw path
     app = RequestLayer(app, fast_routes=config.FAST_PATH)
     app = ReadyGate(drain.Drain(app))

@@ -141,3 +141,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def read_reply(sock, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers with lower-case names, body) of one HTTP/1.1 reply read off a raw
+    socket; the body is read to its Content-Length (none for a reply to HEAD)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"the server closed the connection after {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
+    length = 0 if head_only else int(headers.get("content-length", 0))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(lines[0].split()[1]), headers, body
