@@ -10,7 +10,10 @@ through BentoML's IO layer) and, with --modes, "batching off" (CIFAR2_BATCHING=o
 ceiling, bench/raw_asgi.py, is uvicorn with the service's own decoders and no framework,
 batcher or model, with as many workers as the service; it stays up on the next port, and each
 single-image run is paired with a ceiling run of the same body right before it, so "% of
-ceiling" compares runs that saw the same load from other jobs.
+ceiling" compares runs that saw the same load from other jobs. The ceiling is stock uvicorn,
+which writes each reply in two send() calls; the service's workers write it in one
+(service/onewrite.py). So at c=32 a second ceiling, the same app with --one-write, is run too:
+the share of that one is what serving costs on the very HTTP stack the service runs on.
 Single-image requests of each encoding: V2 binary infer (tritonclient's form), JSON /predict
 (bentoml.SyncHTTPClient's form), .npy /predict, /classify with one JPEG; plus bulk /predict
 with 1,024 images per request against ONNX Runtime in-process. The decoders are also timed on
@@ -172,6 +175,11 @@ def plan(mode: str, concurrency: list[int]) -> list[tuple[str, list[int]]]:
     return [("npy1", concurrency), ("npy1024", [1, 2, 4])]
 
 
+def one_write_cell(mode: str, body: str, data, c: int) -> bool:
+    """Whether this cell also runs the one-write ceiling: single images at c=32, fast path."""
+    return mode == "fast path" and data[body][2] == 1 and c == 32
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
@@ -200,8 +208,8 @@ def main() -> None:
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True"}
     workers = env.get("CIFAR2_WORKERS", "2")
     plans = {mode: plan(mode, args.concurrency) for mode in args.modes}
-    runs = sum(len(cs) * (2 if data[b][2] == 1 else 1)
-               for cells in plans.values() for b, cs in cells) * args.repeat
+    runs = sum(1 + (data[b][2] == 1) + one_write_cell(mode, b, data, c)
+               for mode, cells in plans.items() for b, cs in cells for c in cs) * args.repeat
     decode_us = decode_costs(data)
     bar = tqdm(total=runs, desc="wrk runs", unit="run")
     results = []
@@ -209,6 +217,10 @@ def main() -> None:
     # Like for like: the same decoders and as many worker processes as the service.
     ceiling = start([sys.executable, "-m", "bench.raw_asgi", "--port", str(args.port + 1),
                      "--workers", workers], env, ceiling_base + "/predict", tmp / "raw.log")
+    one_write_base = f"http://127.0.0.1:{args.port + 2}"
+    one_write = start([sys.executable, "-m", "bench.raw_asgi", "--port", str(args.port + 2),
+                       "--workers", workers, "--one-write"], env, one_write_base + "/predict",
+                      tmp / "raw1.log")
     try:
         for mode, cells in plans.items():
             cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", "--port",
@@ -219,21 +231,30 @@ def main() -> None:
                     route = ROUTES[body]
                     wrk(base + route, data[body], 8, 1, lua)  # warm-up
                     for c in concs:
-                        reps, ceil = [], []
+                        reps, ceil, ceil1 = [], [], []
+                        also_one_write = one_write_cell(mode, body, data, c)
                         for _ in range(args.repeat):
                             if data[body][2] == 1:
                                 ceil.append(wrk(ceiling_base + route, data[body], c,
                                                 args.duration, lua))
                                 bar.update()
+                            if also_one_write:
+                                ceil1.append(wrk(one_write_base + route, data[body], c,
+                                                 args.duration, lua))
+                                bar.update()
                             reps.append(wrk(base + route, data[body], c, args.duration, lua))
                             bar.update()
                         if ceil:
                             results.append(summarize(f"ceiling ({mode})", body, data, c, ceil))
+                        if ceil1:
+                            results.append(summarize(f"one-write ceiling ({mode})", body, data,
+                                                     c, ceil1))
                         results.append(summarize(mode, body, data, c, reps))
             finally:
                 stop(proc)
     finally:
         stop(ceiling)
+        stop(one_write)
     bar.close()
     model_only.append(ort_images_per_s())
     args.out.mkdir(parents=True, exist_ok=True)
@@ -265,8 +286,8 @@ def summary_table(results: list[dict], c: int = 32) -> str:
     """One row per single-image request at concurrency c: each path against its ceiling."""
     cell = {(r["server"], r["body"]): r for r in results if r["concurrency"] == c}
     rows = [(f"| request (1 image, c={c}) | req/s | p99 ms | ceiling req/s | % of ceiling | "
-            "BentoML path req/s | % of its ceiling |"),
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "one-write ceiling req/s | % of it | BentoML path req/s | % of its ceiling |"),
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for body in SINGLE:
         fast, ceil = cell.get(("fast path", body)), cell.get(("ceiling (fast path)", body))
         if not fast or not ceil:
@@ -275,9 +296,12 @@ def summary_table(results: list[dict], c: int = 32) -> str:
                                                                         body))
         slow_cells = (f"{slow['rps']:,.0f} | {100 * slow['rps'] / slow_ceil['rps']:.1f}%"
                       if slow and slow_ceil else "none | none")
+        one = cell.get(("one-write ceiling (fast path)", body))
+        one_cells = (f"{one['rps']:,.0f} | {100 * fast['rps'] / one['rps']:.1f}%" if one
+                     else "none | none")
         rows.append(f"| {LABELS[body]} | {fast['rps']:,.0f} | {fast['p99_ms']:.1f} | "
                     f"{ceil['rps']:,.0f} | {100 * fast['rps'] / ceil['rps']:.1f}% | "
-                    f"{slow_cells} |")
+                    f"{one_cells} | {slow_cells} |")
     return "\n".join(rows)
 
 

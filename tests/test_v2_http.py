@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import io
 import socket
+import time
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 from conftest import read_reply
 from PIL import Image
@@ -27,10 +29,14 @@ from tritonclient.utils import InferenceServerException
 X = np.random.default_rng(7).integers(0, 256, (64, 3, 32, 32), dtype=np.uint8)
 
 
+SERVE = {}  # the module's `bentoml serve` process
+
+
 @pytest.fixture(scope="module")
 def server(store, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve-v2") / "serve.log"
     proc, url = start_server(server_env(store), free_port(), log)
+    SERVE["proc"] = proc
     with httpx.Client(base_url=url, timeout=30) as client:
         yield client
     stop(proc)
@@ -169,9 +175,10 @@ def test_concurrent_binary_clients_are_batched(triton, server):
     tritonclient's binary form that reach the server together share model calls.
 
     The second part does not rely on tritonclient's pacing: its Python client sends far slower
-    than the server answers, so its requests may each find the model idle and run alone.
-    Here each of 32 connections sends its request but the last byte, and the last bytes are
-    sent together: the server has 32 whole requests at once."""
+    than the server answers, so its requests may each find the model idle and run alone (and
+    so may requests sent from one Python loop). Here each of 32 connections sends its request
+    but the last byte, and the worker accepts them all; then the worker is stopped, the last
+    bytes are sent, and the worker goes on: it finds 32 whole requests at once."""
     pending = []
     for i in range(256):
         inp = httpclient.InferInput("images", [1, 3, 32, 32], "UINT8")
@@ -190,10 +197,23 @@ def test_concurrent_binary_clients_are_batched(triton, server):
     requests0, calls0 = natural_stats(server)
     sockets = [socket.create_connection(address, timeout=30) for _ in range(32)]
     try:
-        for sock in sockets:
+        for sock in sockets:  # no Nagle: a last byte must not wait for an ACK of the rest
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.sendall(request[:-1])
-        for sock in sockets:
-            sock.sendall(request[-1:])
+        workers = psutil.Process(SERVE["proc"].pid).children(recursive=True)
+        _wait_until_accepted(workers, {sock.getsockname()[1] for sock in sockets})
+        for worker in workers:
+            worker.suspend()
+        try:
+            for worker in workers:
+                while worker.status() != psutil.STATUS_STOPPED:
+                    time.sleep(0.001)
+            for sock in sockets:
+                sock.sendall(request[-1:])
+            time.sleep(0.1)  # every last byte is in the worker's socket buffers
+        finally:
+            for worker in workers:
+                worker.resume()
         replies = [read_reply(sock) for sock in sockets]
     finally:
         for sock in sockets:
@@ -202,4 +222,17 @@ def test_concurrent_binary_clients_are_batched(triton, server):
     assert [status for status, _, _ in replies] == [200] * 32
     sizes = [int(headers["x-batch-size"]) for _, headers, _ in replies]
     assert requests1 - requests0 == 32 and calls1 - calls0 < 32 and max(sizes) > 1, sizes
+
+
+def _wait_until_accepted(workers, client_ports: set[int], timeout_s: float = 10) -> None:
+    """A worker accepts one new connection per event-loop iteration (uvloop): until it has
+    accepted them all, a connection's request is not read even when its bytes are there."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        accepted = {c.raddr.port for w in workers for c in w.net_connections("tcp") if c.raddr}
+        if client_ports <= accepted:
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"the worker accepted {len(client_ports & accepted)} of "
+                       f"{len(client_ports)} connections in {timeout_s} s")
 
