@@ -15,6 +15,9 @@ label lookups per request, and its timeout middleware starts a task and a 60 s t
 request. What they did for these requests is done here instead: service/metrics.py counts
 them, the batcher has the timeout. service/routes.py says which routes the layer answers.
 
+Below them all, each worker's uvicorn sends every reply's headers and body in one write
+(service/onewrite.py, installed by ``front``).
+
 Built through ``@bentoml.service(service_class=FrontDoorService)``, BentoML's hook for a
 Service subclass; ``bentoml serve`` and a built Bento call ``to_asgi`` in every worker.
 """
