@@ -10,7 +10,7 @@ from bench.gpu.machine import NO_GPU
 
 START, END = "<!-- gpu-check report: start -->", "<!-- gpu-check report: end -->"
 IMAGE_BYTES = 3 * 32 * 32
-GOALS = [  # issue 11's goals on an H100
+GOALS = [  # the GPU path's goals on an H100
     ("in-process fp32 net, best batch, copies included", ">= 1,000,000 images/s"),
     ("CUDA parity, fp32", "max abs Δlogits <= 1e-4"),
     ("bulk HTTP, CUDA over CPU on the same machine", ">= 5x"),
@@ -154,7 +154,7 @@ def http_md(http: dict) -> list[str]:
 
 
 def goals(result: dict) -> list[tuple[str, str, str]]:
-    """Issue 11's goals against this run: met / not met / not measured."""
+    """The GPU path's goals against this run: met / not met / not measured."""
     if result["device"] != "cuda":
         return [(g, t, NO_GPU) for g, t in GOALS]
     net = result["served"]["convnet"]
@@ -201,7 +201,7 @@ def markdown(result: dict) -> str:
             + ").", "", *sweep_md(result["sweep"], result["bounds"]), "",
             *split_md(result["sweep"]), "", f"![throughput vs batch]({result['png_name']})", "",
             "### HTTP (the real service, `bentoml serve`)", "", *http_md(result["http"]), "",
-            "### Goals (issue 11, on an H100)", "", "| goal | target | this run |",
+            "### Goals (on an H100)", "", "| goal | target | this run |",
             "| --- | --- | --- |", *(f"| {g} | {t} | {v} |" for g, t, v in goals(result)), "", END]
     return "\n".join(out) + "\n"
 
