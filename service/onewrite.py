@@ -5,9 +5,10 @@ sends ``http.response.start``, and the body in a second write. For a single-imag
 two send() syscalls and two TCP segments, which the client then reads separately: profiled
 under single-image load (py-spy, V2 binary at c=32), those two writes were 23% of a worker's
 CPU, more than the rest of our request layer together. Here the header block waits for the
-body's first write and goes out with it. Streaming replies lose nothing: their first chunk
-carries the headers, later chunks are written as before. A reply with no body write at all
-(HEAD, 304) gets its headers when it completes.
+body's first write and goes out with it. A streaming reply's headers go out with its first
+chunk (so a client sees them when that chunk is ready, not before), and later chunks are
+written as before. A reply with no body write at all (HEAD, 304) gets its headers when it
+completes.
 
 ``install()`` makes uvicorn create this cycle for each request, in this process only: the
 service's workers call it (service/frontdoor.py), and so can bench/raw_asgi.py.
