@@ -6,16 +6,17 @@ including those without a body write (HEAD, 304) and one that closes the connect
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from conftest import npy, read_reply
-from test_service_http import ROOT, free_port, server, store  # noqa: F401 (fixtures)
+from test_service_http import free_port, server, store  # noqa: F401 (fixtures)
+
+from bench.bench_http import start, stop
 
 # struct tcp_info (linux/tcp.h): tcpi_data_segs_in follows 152 bytes of older fields.
 DATA_SEGS_IN = 152
@@ -51,15 +52,13 @@ def test_stock_uvicorn_replies_in_two_segments_and_one_write_in_one(one_write, t
     port = free_port()
     cmd = [sys.executable, "-m", "bench.raw_asgi", "--port", str(port)] + \
         (["--one-write"] if one_write else [])
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start(cmd, os.environ.copy(), f"http://127.0.0.1:{port}/predict", tmp_path / "raw.log")
     try:
-        sock = _connect(port)
-        with sock:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             got = [exchange(sock, post("/predict", IMAGE, "application/x-npy"))
                    for _ in range(10)]
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
     assert all(status == 200 and body == b"[[0.5,0.5]]" for status, _, body, _ in got)
     assert [segments for *_, segments in got] == [1 if one_write else 2] * 10
 
@@ -93,11 +92,3 @@ def test_every_kind_of_service_reply_arrives_whole_in_one_segment(server):
         assert (got, segments) == (200, 1) and len(body) == int(headers["content-length"])
         assert sock.recv(1) == b""  # then the server closed the connection
 
-
-def _connect(port: int) -> socket.socket:
-    for _ in range(100):
-        try:
-            return socket.create_connection(("127.0.0.1", port), timeout=10)
-        except ConnectionRefusedError:
-            time.sleep(0.1)
-    raise TimeoutError(f"bench.raw_asgi did not listen on {port}")
