@@ -34,6 +34,13 @@ def _flag(name: str, default: bool) -> bool:
     raise SystemExit(f"{name}={raw!r}: use on or off")
 
 
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = os.environ.get(name, "").strip().lower() or default
+    if raw not in choices:
+        raise SystemExit(f"{name}={raw!r}: use one of {', '.join(choices)}")
+    return raw
+
+
 CONVNET_TAG = os.environ.get("CIFAR2_CONVNET", "cifar2-net:latest")
 DENSE_TAG = os.environ.get("CIFAR2_DENSE", "cifar2-dense:latest")
 DEVICE = os.environ.get("CIFAR2_DEVICE", "auto").strip().lower()
@@ -50,6 +57,12 @@ BATCHING = _flag("CIFAR2_BATCHING", True)
 # of BentoML's IO layer and middlewares; off = BentoML's path, for comparison. V2 is always on.
 FAST_PATH = _flag("CIFAR2_FAST_PATH", True)
 MAX_BATCH_SIZE = _int("CIFAR2_MAX_BATCH_SIZE", 1024)
+# Pad each batch up to the next power of two (service/runtime.py padding_buckets): auto = on
+# CUDA only, where every new batch shape costs a cuDNN plan search; on; off.
+PAD_BATCHES = _choice("CIFAR2_PAD_BATCHES", "auto", ("auto", "on", "off"))
+# Batches of up to this many images run on the event loop itself, bigger ones in a thread
+# (service/batcher.py); 0 = every model call in a thread.
+INLINE_MAX = _int("CIFAR2_INLINE_MAX", 32)
 # Model calls in flight at once per worker and model (natural batching, service/batcher.py).
 BATCH_CONCURRENCY = _int("CIFAR2_BATCH_CONCURRENCY", 2)
 # A request (BentoML's traffic timeout) or a model call (service.batcher) running longer gets 504.

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from export.runtime import RuntimeUnavailable, open_session, run_session
+from export.runtime import CPU, CUDA, RuntimeUnavailable, open_session, run_session
 from service import config
 from service.memory import RUN_OPTIONS, share_cpu_arena
 
@@ -25,25 +25,38 @@ from service.memory import RUN_OPTIONS, share_cpu_arena
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 
-def open_serving_session(path: str, device: str, threads: int):
-    """(session, provider that really runs it); device="cuda" without CUDA raises."""
+def serving_session_options() -> ort.SessionOptions:
+    """The SessionOptions of every served session; bench/gpu/sweep.py measures with them too."""
     opts = ort.SessionOptions()
     # Memory patterns allocate one block per run for all its tensors, sized for each new batch
     # size: two runs at once then fill the kept arena region unevenly (service/memory.py).
     # Without them, as fast here (`python -m bench.reliability.memory`).
     opts.enable_mem_pattern = False
     share_cpu_arena(opts)
+    return opts
+
+
+def open_serving_session(path: str, device: str, threads: int):
+    """(session, provider that really runs it); device="cuda" without CUDA raises."""
     try:
-        return open_session(path, device, threads, CUDA_OPTIONS, opts)
+        return open_session(path, device, threads, CUDA_OPTIONS, serving_session_options())
     except RuntimeUnavailable as e:
         raise RuntimeUnavailable(f"CIFAR2_DEVICE=cuda, but {e}; fix the GPU setup or use "
                                  "CIFAR2_DEVICE=auto / cpu") from None
 
 
-def run_serving_session(session, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """export.runtime.run_session with the run options that give the CPU arena's added regions
-    back after the run (service/memory.py)."""
-    return run_session(session, images, RUN_OPTIONS)
+def run_options_for(provider: str) -> ort.RunOptions | None:
+    """The run options of a served session: RUN_OPTIONS on the CPU, which give the CPU arena's
+    added regions back after each run (service/memory.py). None on CUDA: "cpu:0" also names the
+    CUDA provider's pinned host arena, and shrinking that after every run costs each call a
+    free and a new page-locked allocation (bench/gpu/probe.py)."""
+    return RUN_OPTIONS if provider == CPU else None
+
+
+def run_serving_session(session, images: np.ndarray, run_options: ort.RunOptions | None =
+                        RUN_OPTIONS) -> tuple[np.ndarray, np.ndarray]:
+    """export.runtime.run_session with the served run options (run_options_for)."""
+    return run_session(session, images, run_options)
 
 
 # Both models' batchers share one CPU arena (service/memory.py) and each runs up to
@@ -51,14 +64,25 @@ def run_serving_session(session, images: np.ndarray) -> tuple[np.ndarray, np.nda
 WARMUP_AT_ONCE = 2 * config.BATCH_CONCURRENCY
 
 
-def run_at_once(session, n: int, at_once: int) -> None:
+def run_at_once(session, n: int, at_once: int, run_options: ort.RunOptions | None) -> None:
     """Run ``at_once`` batches of ``n`` images together, as the batcher does under load (up to
     CIFAR2_BATCH_CONCURRENCY per model): the kept part of the CPU arena that they touch is then
     in the worker's RSS from the start instead of showing as growth at the first queue build-up,
     and the regions they add are given back (service/memory.py)."""
     images = np.zeros((n, 3, 32, 32), np.uint8)
     with ThreadPoolExecutor(at_once) as pool:
-        list(pool.map(lambda _: run_serving_session(session, images), range(at_once)))
+        list(pool.map(lambda _: run_serving_session(session, images, run_options),
+                      range(at_once)))
+
+
+def padding_buckets(provider: str) -> tuple[int, ...]:
+    """Batch sizes a batch is padded up to: powers of two up to the largest batch on CUDA
+    (CIFAR2_PAD_BATCHES=auto), or on any provider with on; none with off, or auto on the CPU,
+    where a row of padding costs as much as a row of real work."""
+    if config.PAD_BATCHES == "off" or (config.PAD_BATCHES == "auto" and provider != CUDA):
+        return ()
+    top = max(1, config.MAX_BATCH_SIZE)
+    return tuple(sorted({*(1 << k for k in range(top.bit_length()) if 1 << k <= top), top}))
 
 
 class ModelFileBroken(RuntimeError):
@@ -100,9 +124,26 @@ class ServedModel:
         self.session, self.provider = open_serving_session(checked_model_file(stored), device,
                                                            threads)
 
+        # On CUDA each new batch shape costs a cuDNN plan search, and adaptive batching makes
+        # every size up to the largest batch: batches are padded up to a few bucket sizes, all
+        # of them warmed before the service is ready (docs/gpu.md, bench/gpu/probe.py).
+        self.buckets = padding_buckets(self.provider)
+        self.run_options = run_options_for(self.provider)
+
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N,3,32,32] -> (logits, probabilities), float32 [N,2] each."""
-        return run_serving_session(self.session, images)
+        n = len(images)
+        padded = next((b for b in self.buckets if b >= n), n)
+        if padded == n:
+            return run_serving_session(self.session, images, self.run_options)
+        batch = np.zeros((padded, *images.shape[1:]), np.uint8)
+        batch[:n] = images
+        logits, probs = run_serving_session(self.session, batch, self.run_options)
+        return logits[:n], probs[:n]
+
+    def warmup_sizes(self, batch_sizes) -> tuple[int, ...]:
+        """The batch sizes to warm: the configured ones, and every padding bucket."""
+        return tuple(sorted({*batch_sizes, *self.buckets}))
 
     @property
     def version(self) -> str:
@@ -110,9 +151,11 @@ class ServedModel:
         return self.tag.split(":", 1)[1]
 
     def warmup(self, batch_sizes) -> dict[int, float]:
-        """Run each batch size once (ORT allocates per shape); return ms per batch."""
+        """Run each batch size once, and each padding bucket (ORT allocates, and cuDNN plans,
+        per shape); return ms per batch."""
         rng = np.random.default_rng(0)
         times = {}
+        batch_sizes = self.warmup_sizes(batch_sizes)
         for n in batch_sizes:
             images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
             t0 = time.perf_counter()
@@ -122,7 +165,7 @@ class ServedModel:
                 raise RuntimeError(f"{self.tag}: warm-up at batch {n} gave {out.shape} "
                                    "or non-finite probabilities")
         if batch_sizes:
-            run_at_once(self.session, max(batch_sizes), WARMUP_AT_ONCE)
+            run_at_once(self.session, max(batch_sizes), WARMUP_AT_ONCE, self.run_options)
         return times
 
     def card(self) -> dict:

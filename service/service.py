@@ -79,6 +79,7 @@ class CIFAR2:
         gc.set_threshold(config.GC_THRESHOLD, 50, 100)
         self.batchers = {key: MicroBatcher(m.run, config.MAX_BATCH_SIZE, config.BATCHING,
                                            config.BATCH_CONCURRENCY, config.REQUEST_TIMEOUT_S,
+                                           inline_max=config.INLINE_MAX,
                                            max_queue_ms=config.MAX_QUEUE_MS)
                          for key, m in self.models.items()}
 
@@ -146,6 +147,9 @@ class CIFAR2:
             "batching": {
                 "enabled": config.BATCHING, "max_batch_size": config.MAX_BATCH_SIZE,
                 "concurrent_batches": config.BATCH_CONCURRENCY,
+                "inline_max": config.INLINE_MAX,
+                # Batch sizes each model's batches are padded up to (CIFAR2_PAD_BATCHES).
+                "padded_to": {k: list(m.buckets) for k, m in self.models.items()},
                 # One batcher per model (service.batcher), shared by every route and encoding.
                 "natural": {k: b.stats() for k, b in self.batchers.items()},
             },

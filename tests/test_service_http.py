@@ -132,6 +132,8 @@ def test_probes_info_and_no_torch(server, store):
     assert conv["provider"] == "CPUExecutionProvider" and conv["parity"]
     assert info["models"]["dense"]["params"] == 1574402
     assert set(info["warmup_ms"]["convnet"]) == {"1", "8", "64", "256", "1024"}
+    assert info["batching"]["padded_to"] == {"convnet": [], "dense": []}  # none on the CPU
+    assert info["batching"]["inline_max"] == 32
     assert info["versions"]["onnxruntime"] and info["batching"]["enabled"]
     assert info["torch_imported"] is False  # the serving process never imports torch
 

@@ -114,6 +114,14 @@ def sweep_md(rows: list[dict], limits: dict) -> list[str]:
                      f"{best['batch']:,}{pad} | {_num(lim.get('pcie'))} | "
                      f"{_pct(best['images_per_s'], lim.get('pcie'))} | {_num(lim.get(prec))} | "
                      f"{_pct(best['images_per_s'], lim.get(prec))} |")
+    # Batch sizes that failed in a mode whose other sizes ran: said under the table.
+    broken = [r for r in rows if r["status"].startswith("failed") and any(
+        o["status"] == "measured" for o in rows
+        if (o["model"], o["precision"], o["mode"]) == (r["model"], r["precision"], r["mode"]))]
+    if broken:
+        lines.append("")
+        lines += [f"- {r['model']} {r['precision']} {r['mode']} at batch {r['batch']:,}: "
+                  f"{r['status'][:200]}" for r in broken]
     return lines
 
 

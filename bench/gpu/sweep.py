@@ -30,7 +30,7 @@ from tqdm import tqdm
 from bench.gpu.cudart import D2H, H2D, CudaRuntime, host_array
 from bench.gpu.machine import NO_GPU
 from export.runtime import open_session, providers_for
-from service.runtime import CUDA_OPTIONS
+from service.runtime import CUDA_OPTIONS, serving_session_options
 
 TRT = "TensorrtExecutionProvider"
 MODES = ("run", "iobinding", "cuda_graph", "tensorrt")
@@ -132,6 +132,10 @@ def cpu_binding_step(sess, images: np.ndarray) -> Step:
     return run
 
 
+def failed(e: Exception) -> str:
+    return f"failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+
+
 def bucket_of(batch: int, buckets: list[int]) -> int:
     return next((b for b in sorted(buckets) if b >= batch), max(buckets))
 
@@ -164,7 +168,7 @@ def sweep(bundle: Path, models: list[str], device: str, sizes: list[int], bucket
                     except Exception as e:  # noqa: BLE001 - one broken mode must not end the run
                         done = {r["batch"] for r in rows if r["mode"] == mode and
                                 r["model"] == model and r["precision"] == prec}
-                        why = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                        why = failed(e)
                         rows += [{**key, "mode": mode, "batch": b, "status": why}
                                  for b in sizes if b not in done]
                         bar.update(len(sizes) - len(done))
@@ -181,7 +185,12 @@ def run_mode(mode, path, device, prec, sizes, buckets, seconds, images, buffers,
 
     def cell(step: Step, batch: int, padded: int | None = None, provider: str = "") -> None:
         row = {**key, "mode": mode, "batch": batch, "padded_to": padded or batch,
-               "provider": provider, "status": "measured", **measure(step, batch, seconds)}
+               "provider": provider}
+        try:
+            row.update(status="measured", **measure(step, batch, seconds))
+        except Exception as e:  # noqa: BLE001 - one batch size the provider refuses (cuDNN's
+            # pooling refused the convnet at 65,536 images on an H100) keeps the others' rows
+            row["status"] = failed(e)
         if mode == "run" or device != "cuda":  # no copies of ours to time: ORT's are inside
             row["h2d_ms"] = row["d2h_ms"] = None
         rows.append(row)
@@ -190,7 +199,7 @@ def run_mode(mode, path, device, prec, sizes, buckets, seconds, images, buffers,
     if mode == "cuda_graph":
         for bucket in sorted({bucket_of(b, buckets) for b in sizes}):
             sess, provider = open_session(path, "cuda", cuda_options={
-                **CUDA_OPTIONS, "enable_cuda_graph": "1"})
+                **CUDA_OPTIONS, "enable_cuda_graph": "1"}, options=serving_session_options())
             io = buffers.bind(sess, bucket)  # fixed addresses and shape: what a graph replays
             step = buffers.step(sess, io)
             for b in [b for b in sizes if bucket_of(b, buckets) == bucket]:
@@ -200,7 +209,8 @@ def run_mode(mode, path, device, prec, sizes, buckets, seconds, images, buffers,
     if mode == "tensorrt":
         sess, provider = trt_session(path, prec, max(sizes))
     else:
-        sess, provider = open_session(path, device, cuda_options=CUDA_OPTIONS)
+        sess, provider = open_session(path, device, cuda_options=CUDA_OPTIONS,
+                                      options=serving_session_options())
     if mode == "run":
         step = plain_step(sess, images)
         for b in sizes:

@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "wheelhouse")
     p.add_argument("--with-cuda", action="store_true",
                    help="add onnxruntime-gpu's [cuda,cudnn] extras (CUDA 13 + cuDNN 9 wheels)")
-    p.add_argument("--part-mib", type=float, default=40, help="largest piece of a wheel")
-    p.add_argument("--group-mib", type=float, default=44,
+    p.add_argument("--part-mib", type=float, default=59, help="largest piece of a wheel")
+    p.add_argument("--group-mib", type=float, default=60,
                    help="largest carry-N folder (a call carries 64 MiB, the tree included)")
     args = p.parse_args(argv)
     if not re.fullmatch(r"3\.\d+", args.python_version):

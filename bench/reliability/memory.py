@@ -45,6 +45,7 @@ def measure(config: str, paths: list[str], rounds: int, calls: int) -> dict:
     """In this process: RSS (MiB) after warm-up and after each round, and img/s per batch size."""
     from export.runtime import open_session, run_session
     from service.config import WARMUP_BATCH_SIZES as WARMUP
+    from service.memory import RUN_OPTIONS
     from service.runtime import (
         WARMUP_AT_ONCE,
         open_serving_session,
@@ -75,7 +76,7 @@ def measure(config: str, paths: list[str], rounds: int, calls: int) -> dict:
             run(i, x[:n].copy())
     if config == "service":  # the rest of ServedModel.warmup
         for s in sessions:
-            run_at_once(s, WARMUP[-1], WARMUP_AT_ONCE)
+            run_at_once(s, WARMUP[-1], WARMUP_AT_ONCE, RUN_OPTIONS)
     out = {"config": config, "img_per_s": speed, "rss_warm": rss(), "rss_rounds": []}
 
     def caller(seed: int) -> None:
