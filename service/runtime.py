@@ -123,7 +123,6 @@ class ServedModel:
         self.classes = list(self.metadata.get("classes", ["airplane", "bird"]))
         self.session, self.provider = open_serving_session(checked_model_file(stored), device,
                                                            threads)
-
         # On CUDA each new batch shape costs a cuDNN plan search, and adaptive batching makes
         # every size up to the largest batch: batches are padded up to a few bucket sizes, all
         # of them warmed before the service is ready (docs/gpu.md, bench/gpu/probe.py).
@@ -133,7 +132,7 @@ class ServedModel:
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N,3,32,32] -> (logits, probabilities), float32 [N,2] each."""
         n = len(images)
-        padded = next((b for b in self.buckets if b >= n), n)
+        padded = next((b for b in self.buckets if b >= n), n) if self.buckets else n
         if padded == n:
             return run_serving_session(self.session, images, self.run_options)
         batch = np.zeros((padded, *images.shape[1:]), np.uint8)

@@ -98,6 +98,11 @@ def test_make_gpu_check_cpu_writes_every_section(bundle, tmp_path):
         # is counted apart ("unanswered"); a couple are tolerated here.
         assert cell["requests"] > 0 and cell["errors"] == 0 and cell["images_per_s"] > 0
         assert cell["unanswered"] <= 2 and cell["statuses"] == {"200": cell["requests"]}
+        # The service's own means for the cell, from /metrics: requests of one image ride in
+        # calls of at least one image, and wait no longer than they take.
+        server = cell["server"]
+        assert server["images_per_call"] >= cell["images"]
+        assert 0 <= server["queue_ms"] <= server["server_ms"] < 1000
 
 
 def test_gpu_check_refuses_what_it_cannot_run(bundle, tmp_path):

@@ -116,6 +116,34 @@ def plan(concurrency: list[int], bulk: list[int], bulk_concurrency: int) -> list
     return cells
 
 
+# The service's own view of a cell, from /metrics (summed over the workers): mean per request.
+SERVER_SERIES = {"server_ms": "cifar2_request_duration_seconds",
+                 "queue_ms": "cifar2_queue_seconds", "images_per_call": "cifar2_batch_size"}
+FLUSH_S = 0.2  # requests reach /metrics up to 50 ms later (service/metrics.py)
+
+
+def server_sums(base: str) -> dict[str, list[float]]:
+    """[sum, count] of each SERVER_SERIES histogram over all its labels, from /metrics."""
+    sums = {key: [0.0, 0.0] for key in SERVER_SERIES}
+    for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
+        name = line.partition("{" if "{" in line else " ")[0]
+        for key, series in SERVER_SERIES.items():
+            for i, suffix in enumerate(("_sum", "_count")):
+                if name == series + suffix:
+                    sums[key][i] += float(line.rsplit(" ", 1)[1])
+    return sums
+
+
+def server_means(before: dict, after: dict) -> dict[str, float | None]:
+    """Mean per request between two server_sums: ms for the times, images for the batch."""
+    out: dict[str, float | None] = {}
+    for key in SERVER_SERIES:
+        total, count = (a - b for a, b in zip(after[key], before[key]))
+        scale = 1 if key == "images_per_call" else 1000
+        out[key] = total / count * scale if count else None
+    return out
+
+
 def serve_and_load(device: str, bundle: Path, served: dict, cells: list[dict], seconds: float,
                    workdir: Path, workers: int | None) -> dict:
     """Start the service on ``device``, run every cell, stop it; the device's results."""
@@ -151,9 +179,12 @@ def serve_and_load(device: str, bundle: Path, served: dict, cells: list[dict], s
             elif probe.status_code != 200:
                 row["status"] = f"failed: {probe.status_code} {probe.text[:200]}"
             else:
+                before = server_sums(base)
                 r = loadgen.run(base + path, body, headers, cell["concurrency"], seconds,
                                 processes)
-                row.update(status="measured", **r, images_per_s=r["rps"] * cell["images"])
+                time.sleep(FLUSH_S)
+                row.update(status="measured", **r, images_per_s=r["rps"] * cell["images"],
+                           server=server_means(before, server_sums(base)))
             out["cells"].append(row)
     finally:
         stop(proc)

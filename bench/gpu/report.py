@@ -140,21 +140,30 @@ def split_md(rows: list[dict]) -> list[str]:
     return lines if len(lines) > 2 else [f"H2D / compute / D2H split: {NO_GPU}."]
 
 
+def server_md(server: dict | None) -> str:
+    """The service's means for a cell (http_runs.server_means); blanks for older reports."""
+    server = server or {}
+    return " | ".join(_num(server.get(k), fmt) for k, fmt in (
+        ("server_ms", "{:.2f}"), ("queue_ms", "{:.2f}"), ("images_per_call", "{:.1f}")))
+
+
 def http_md(http: dict) -> list[str]:
-    lines = ["| device | request | c | req/s | images/s | p50 ms | p99 ms | errors | no reply |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [("| device | request | c | req/s | images/s | p50 ms | p99 ms | errors | no reply | "
+              "server ms | queue ms | images per call |"),
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for device, run in http["runs"].items():
         if run["status"] != "measured":
-            lines.append(f"| {device} | all | | {run['status'][:300]} | | | | | |")
+            lines.append(f"| {device} | all | | {run['status'][:300]} | | | | | | | | |")
             continue
         for c in run["cells"]:
             if c["status"] != "measured":
                 lines.append(f"| {device} | {c['request']} | {c['concurrency']} | {c['status']} "
-                             "| | | | | |")
+                             "| | | | | | | | |")
             else:
                 lines.append(f"| {device} | {c['request']} | {c['concurrency']} | {c['rps']:,.0f}"
                              f" | {c['images_per_s']:,.0f} | {c['p50_ms']:.1f} | "
-                             f"{c['p99_ms']:.1f} | {c['errors']} | {c.get('unanswered', 0)} |")
+                             f"{c['p99_ms']:.1f} | {c['errors']} | {c.get('unanswered', 0)} | "
+                             f"{server_md(c.get('server'))} |")
     ratios = http.get("cuda_over_cpu") or {}
     lines += ["", "CUDA over CPU, images/s: " + (", ".join(
         f"{k}: {v:.1f}x" for k, v in ratios.items()) or f"{NO_GPU}.")]
