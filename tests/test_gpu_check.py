@@ -207,3 +207,23 @@ def test_the_gpu_side_needs_no_torch_onnx_or_bentoml_in_process():
     done = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_probe_answers_its_four_questions_on_the_cpu(bundle, tmp_path):
+    """bench/gpu/probe.py's steps on the CPU provider (the GPU run's are in docs/gpu_probe.json):
+    every option set runs the convnet, each shape is timed cold and warm, two processes
+    report, and the run options are timed with and without."""
+    path, _ = bundle
+    cmd = [sys.executable, "-m", "bench.gpu.probe", "--device", "cpu", "--bundle", str(path),
+           "--out", str(tmp_path)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads((tmp_path / "gpu_probe.json").read_text())
+    assert r["device"] == "cpu" and {x["status"] for x in r["options"]} == {"ok"}
+    assert len(r["options"]) == 4 * 3
+    assert len(r["shapes"]["cold_ms"]) == len(r["shapes"]["warm_ms"]) == 64
+    assert [len(v) for v in r["processes"].values()] == [1, 2]
+    assert all(v["median_ms"] > 0 for v in r["shrinkage"].values())
+    missing = subprocess.run([*cmd[:6], str(tmp_path / "none")], cwd=ROOT, capture_output=True,
+                             text=True, check=False)
+    assert missing.returncode == 2 and "make gpu-bundle" in missing.stderr

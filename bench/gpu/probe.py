@@ -1,4 +1,4 @@
-"""Three questions about the served convnet on CUDA, answered in under a minute on the GPU machine.
+"""Four questions about the served convnet on CUDA, answered in under a minute on the GPU machine.
 
     PYTHONPATH=.gpu-site python3 -m bench.gpu.probe [--bundle gpu-bundle] [--out docs]
 
