@@ -8,7 +8,8 @@ a few microseconds. Here the same request goes straight into the ASGI app that a
 registered in the local BentoML store), ``--batch`` requests at a time so that they share a
 model call as at c=32 over two workers, on one core with uvloop. Each variant leaves out one
 front middleware, to show what each costs; "request layer" is service/routes.py alone. Prints
-a table of microseconds of CPU per request (median of --repeat runs).
+a table of microseconds of CPU per request (median of --repeat runs), and the model call's
+share: the batcher's own average time per image (service/batcher.py).
 """
 
 from __future__ import annotations
@@ -137,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         name = ("all front middlewares" if without is None else
                 without if without == "request layer only" else f"without {without}")
         print(f"| {name} | {us:.1f} | {us - full:+.1f} |")
+    # The batcher's own moving average of a model call (ORT's run, per image), and its batches.
+    model = "dense" if "dense" in ROUTES[args.body] else "convnet"
+    stats = service.batchers[model].stats()
+    print(f"\nmodel call ({model}, the batcher's average): {stats['ms_per_image'] * 1000:.1f} us "
+          f"per image, {stats['requests'] / stats['calls']:.1f} requests per call")
     return 0
 
 
