@@ -209,10 +209,10 @@ def test_the_gpu_side_needs_no_torch_onnx_or_bentoml_in_process():
     assert done.returncode == 0, done.stderr
 
 
-def test_probe_answers_its_four_questions_on_the_cpu(bundle, tmp_path):
+def test_probe_answers_its_five_questions_on_the_cpu(bundle, tmp_path):
     """bench/gpu/probe.py's steps on the CPU provider (the GPU run's are in docs/gpu_probe.json):
     every option set runs the convnet, each shape is timed cold and warm, two processes
-    report, and the run options are timed with and without."""
+    report, the run options are timed with and without, and the service's batcher batches."""
     path, _ = bundle
     cmd = [sys.executable, "-m", "bench.gpu.probe", "--device", "cpu", "--bundle", str(path),
            "--out", str(tmp_path)]
@@ -224,6 +224,9 @@ def test_probe_answers_its_four_questions_on_the_cpu(bundle, tmp_path):
     assert len(r["shapes"]["cold_ms"]) == len(r["shapes"]["warm_ms"]) == 64
     assert [len(v) for v in r["processes"].values()] == [1, 2]
     assert all(v["median_ms"] > 0 for v in r["shrinkage"].values())
+    paths = r["call_paths"]  # 2 thread settings x (plain loop, batcher inline, batcher thread)
+    assert len(paths) == 6 and all(row["ms_per_16"] > 0 for row in paths)
+    assert all(row["requests_per_call"] > 1 for row in paths if "requests_per_call" in row)
     missing = subprocess.run([*cmd[:6], str(tmp_path / "none")], cwd=ROOT, capture_output=True,
                              text=True, check=False)
     assert missing.returncode == 2 and "make gpu-bundle" in missing.stderr

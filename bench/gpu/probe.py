@@ -1,4 +1,4 @@
-"""Four questions about the served convnet on CUDA, answered in under a minute on the GPU machine.
+"""Five questions about the served convnet on CUDA, answered in under a minute on the GPU machine.
 
     PYTHONPATH=.gpu-site python3 -m bench.gpu.probe [--bundle gpu-bundle] [--out docs]
 
@@ -12,8 +12,12 @@
    loop, alone and then two at once (the service's default CIFAR2_WORKERS=2): time per call.
 4. What does the CPU arena's shrinkage (service/memory.py RUN_OPTIONS) cost a CUDA session?
    The served session runs batch 16 in a loop with those run options and without them.
+5. Is it the way the service calls the model? The session with 1 ORT thread (the service's
+   CIFAR2_ORT_THREADS) and with ORT's default, each in a plain loop and through the service's
+   own batcher (service/batcher.py) on a uvloop event loop, 16 single-image requests at a time:
+   on the loop itself (inline_max=32, the default) and in a thread (inline_max=0).
 
-Prints four tables and writes gpu_probe.json to --out. Exit code 2 when the bundle is missing.
+Prints five tables and writes gpu_probe.json to --out. Exit code 2 when the bundle is missing.
 """
 
 from __future__ import annotations
@@ -115,6 +119,43 @@ def shrinkage(path: Path, device: str) -> dict:
     return out
 
 
+def call_paths(path: Path, device: str) -> list[dict]:
+    import asyncio
+
+    import uvloop
+
+    from service.batcher import MicroBatcher
+
+    rows, one, x = [], images(1), images(LOOP_BATCH)
+    rounds = LOOP_CALLS // 8
+    for threads in (1, 0):
+        sess, _ = open_session(path, device, threads, CUDA_OPTIONS, serving_session_options())
+
+        def fn(batch, s=sess):
+            return run_session(s, batch)
+        for _ in range(20):
+            fn(x)
+        plain = statistics.median(ms(lambda: fn(x)) for _ in range(LOOP_CALLS // 4))
+        rows.append({"threads": threads, "path": "plain loop", "ms_per_16": plain})
+        for inline in (32, 0):
+            batcher = MicroBatcher(fn, 1024, concurrency=2, inline_max=inline)
+
+            async def run(n: int, b=batcher) -> float:
+                for _ in range(20):
+                    await asyncio.gather(*(b(one) for _ in range(LOOP_BATCH)))
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    await asyncio.gather(*(b(one) for _ in range(LOOP_BATCH)))
+                return (time.perf_counter() - t0) / n * 1000
+            stats_ms = uvloop.run(run(rounds))
+            calls = batcher.stats()
+            rows.append({"threads": threads, "path": f"batcher, inline_max={inline}",
+                         "ms_per_16": stats_ms,
+                         "requests_per_call": calls["requests"] / max(1, calls["calls"])})
+        del sess
+    return rows
+
+
 def processes(path: Path, count: int, device: str) -> list[dict]:
     procs = [subprocess.Popen([sys.executable, "-m", "bench.gpu.probe", "--loop", str(path),
                                "--device", device],
@@ -165,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
           "| --- | ---: | ---: |")
     for name, r in result["shrinkage"].items():
         print(f"| {name} | {r['median_ms']:.3f} | {r['p99_ms']:.3f} |")
+    result["call_paths"] = call_paths(path, args.device)
+    print(f"\n| ORT threads | how it is called | ms per {LOOP_BATCH} single-image requests | "
+          "requests per call |\n| ---: | --- | ---: | ---: |")
+    for r in result["call_paths"]:
+        per_call = f"{r['requests_per_call']:.1f}" if "requests_per_call" in r else "–"
+        print(f"| {r['threads'] or 'default'} | {r['path']} | {r['ms_per_16']:.3f} | {per_call} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_probe.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nwrote {args.out}/gpu_probe.json")
