@@ -230,3 +230,18 @@ def test_probe_answers_its_five_questions_on_the_cpu(bundle, tmp_path):
     missing = subprocess.run([*cmd[:6], str(tmp_path / "none")], cwd=ROOT, capture_output=True,
                              text=True, check=False)
     assert missing.returncode == 2 and "make gpu-bundle" in missing.stderr
+
+
+def test_library_paths_in_the_report_name_no_machine_folder(tmp_path, monkeypatch):
+    """A library loaded from a --target install folder (bench/gpu/install.py's .gpu-site) is
+    shown relative to it, as one from site-packages is; a system path stays whole."""
+    from bench.gpu.machine import short_path
+
+    target = tmp_path / ".gpu-site"
+    monkeypatch.syspath_prepend(str(target))
+    lib = target / "onnxruntime" / "capi" / "libonnxruntime_providers_cuda.so"
+    assert short_path(str(lib)) == "onnxruntime/capi/libonnxruntime_providers_cuda.so"
+    assert short_path("/opt/x/site-packages/nvidia/cu13/lib/libcudart.so.13") == \
+        "nvidia/cu13/lib/libcudart.so.13"
+    assert short_path("/usr/lib/libcuda.so.1") == "/usr/lib/libcuda.so.1"
+    assert short_path(None) is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import sys
 import time
 
 import onnxruntime as ort
@@ -79,8 +80,16 @@ def _timed(fn, *args) -> float:
 
 
 def short_path(path: str | None) -> str | None:
-    """A library path as the report shows it: from site-packages on, so no machine's folders."""
-    return path.split("site-packages/", 1)[-1] if path else path
+    """A library path as the report shows it, with no machine's folders: relative to the import
+    folder it came from (site-packages, or the --target folder that bench/gpu/install.py fills,
+    which has no "site-packages" in its name); system paths stay as they are."""
+    if not path:
+        return path
+    for root in sorted({os.path.join(os.path.abspath(p), "") for p in sys.path if p}, key=len,
+                       reverse=True):
+        if path.startswith(root):
+            return path[len(root):]
+    return path.split("site-packages/", 1)[-1]
 
 
 def cuda_packages() -> dict[str, dict]:
