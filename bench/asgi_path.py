@@ -28,8 +28,6 @@ import uvloop
 
 from bench.bench_http import ROUTES, bodies
 
-LAYERS = ("RequestLog", "RequestLimits", "ReadyGate", "Drain", "KnownPaths")
-
 
 async def not_found(scope, receive, send):
     await send({"type": "http.response.start", "status": 404, "headers": []})
@@ -37,27 +35,12 @@ async def not_found(scope, receive, send):
 
 
 def build(without: str | None):
-    """service/frontdoor.front's stack, less the middleware named ``without``."""
-    from service import config, drain, knownpaths, routes
-    from service.info import ReadyGate
-    from service.limits import RequestLimits
-    from service.requestlog import RequestLog
+    """service/frontdoor.front's stack, less the layer named ``without``."""
+    from service import frontdoor, routes
 
     if without == "request layer only":
         return routes.RequestLayer(not_found)
-    wraps = [
-        ("KnownPaths", knownpaths.KnownPaths),
-        ("RequestLayer", lambda a: routes.RequestLayer(a, fast_routes=config.FAST_PATH)),
-        ("Drain", drain.Drain), ("ReadyGate", ReadyGate),
-        ("RequestLimits", lambda a: RequestLimits(
-            a, max_body_bytes=config.MAX_BODY_BYTES, max_in_flight=config.MAX_IN_FLIGHT,
-            max_wait_s=config.MAX_QUEUE_MS / 1000)),
-        ("RequestLog", RequestLog)]
-    app = not_found
-    for name, wrap in wraps:
-        if name != without:
-            app = wrap(app)
-    return app
+    return frontdoor.wrap(not_found, without)
 
 
 def scope_for(path: str, body: bytes, ctype: str, extra: str) -> dict:
@@ -126,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.rounds} rounds, median of {args.repeat}\n")
     print("| stack | µs CPU per request | difference |\n| --- | ---: | ---: |")
     full = None
-    for without in (None,) if args.full_only else (None, *LAYERS, "request layer only"):
+    from service.frontdoor import LAYERS
+
+    skipped = [name for name, _ in reversed(LAYERS) if name != "RequestLayer"]
+    for without in (None,) if args.full_only else (None, *skipped, "request layer only"):
         runs = [uvloop.run(measure(build(without), scope, body, args.batch, args.rounds))
                 for _ in range(args.repeat)]
         us = statistics.median(r[0] for r in runs)

@@ -32,16 +32,32 @@ from service.limits import RequestLimits
 from service.requestlog import RequestLog
 from service.routes import RequestLayer
 
+# The layers, innermost first: each wraps the app built so far. bench/asgi_path.py builds the
+# same stack less one layer, to measure what each costs.
+LAYERS = (
+    ("KnownPaths", knownpaths.KnownPaths),  # before BentoML's metrics label series by raw path
+    ("RequestLayer", lambda app: RequestLayer(app, fast_routes=config.FAST_PATH)),
+    ("Drain", drain.Drain),
+    ("ReadyGate", ReadyGate),
+    ("RequestLimits", lambda app: RequestLimits(
+        app, max_body_bytes=config.MAX_BODY_BYTES, max_in_flight=config.MAX_IN_FLIGHT,
+        max_wait_s=config.MAX_QUEUE_MS / 1000)),
+    ("RequestLog", RequestLog),
+)
+
+
+def wrap(app, without: str | None = None):
+    """``app`` inside LAYERS, less the one named ``without``."""
+    for name, layer in LAYERS:
+        if name != without:
+            app = layer(app)
+    return app
+
 
 def front(app):
     """Wrap BentoML's ASGI app in our front middlewares (outermost first, as listed above)."""
     onewrite.install()  # this worker's replies leave in one write each (service/onewrite.py)
-    app = knownpaths.KnownPaths(app)  # before BentoML's metrics label series by the raw path
-    app = RequestLayer(app, fast_routes=config.FAST_PATH)
-    app = ReadyGate(drain.Drain(app))
-    app = RequestLimits(app, max_body_bytes=config.MAX_BODY_BYTES,
-                        max_in_flight=config.MAX_IN_FLIGHT, max_wait_s=config.MAX_QUEUE_MS / 1000)
-    return RequestLog(app)
+    return wrap(app)
 
 
 class FrontDoorService(bentoml.Service):

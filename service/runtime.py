@@ -82,7 +82,7 @@ def padding_buckets(provider: str) -> tuple[int, ...]:
     if config.PAD_BATCHES == "off" or (config.PAD_BATCHES == "auto" and provider != CUDA):
         return ()
     top = max(1, config.MAX_BATCH_SIZE)
-    return tuple(sorted({*(1 << k for k in range(top.bit_length()) if 1 << k <= top), top}))
+    return tuple(sorted({*(1 << k for k in range(top.bit_length())), top}))
 
 
 class ModelFileBroken(RuntimeError):

@@ -35,7 +35,7 @@ import onnxruntime as ort
 
 from export.runtime import open_session, run_session
 from service.memory import RUN_OPTIONS
-from service.runtime import CUDA_OPTIONS, serving_session_options
+from service.runtime import CUDA_OPTIONS, open_serving_session, serving_session_options
 
 BATCHES = (1, 64, 1024)
 SHAPES = range(1, 65)
@@ -82,9 +82,16 @@ def ms(fn) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
+def loop_ms(fn, calls: int) -> dict:
+    """``fn`` run 20 times to warm, then ``calls`` times: median and p99 milliseconds a call."""
+    for _ in range(20):
+        fn()
+    times = [ms(fn) for _ in range(calls)]
+    return {"median_ms": statistics.median(times), "p99_ms": float(np.percentile(times, 99))}
+
+
 def shape_costs(path: Path, device: str) -> dict:
-    sess, _ = open_session(path, device, cuda_options=CUDA_OPTIONS,
-                           options=serving_session_options())
+    sess, _ = open_serving_session(path, device, 0)
     cold, warm = {}, {}
     for n in SHAPES:
         x = images(n)
@@ -95,28 +102,17 @@ def shape_costs(path: Path, device: str) -> dict:
 
 def loop_worker(path: str, device: str) -> None:
     """One process: the served session, batch LOOP_BATCH, LOOP_CALLS calls; prints JSON."""
-    sess, _ = open_session(path, device, cuda_options=CUDA_OPTIONS,
-                           options=serving_session_options())
+    sess, _ = open_serving_session(path, device, 0)
     x = images(LOOP_BATCH)
-    for _ in range(20):
-        run_session(sess, x)
-    times = [ms(lambda: run_session(sess, x)) for _ in range(LOOP_CALLS)]
-    print(json.dumps({"median_ms": statistics.median(times),
-                      "p99_ms": float(np.percentile(times, 99))}))
+    print(json.dumps(loop_ms(lambda: run_session(sess, x), LOOP_CALLS)))
 
 
 def shrinkage(path: Path, device: str) -> dict:
-    sess, _ = open_session(path, device, cuda_options=CUDA_OPTIONS,
-                           options=serving_session_options())
-    x, out = images(LOOP_BATCH), {}
-    for name, run_options in (("with RUN_OPTIONS (arena shrinkage)", RUN_OPTIONS),
-                              ("without", None)):
-        for _ in range(20):
-            run_session(sess, x, run_options)
-        times = [ms(lambda o=run_options: run_session(sess, x, o)) for _ in range(LOOP_CALLS // 4)]
-        out[name] = {"median_ms": statistics.median(times),
-                     "p99_ms": float(np.percentile(times, 99))}
-    return out
+    sess, _ = open_serving_session(path, device, 0)
+    x = images(LOOP_BATCH)
+    return {name: loop_ms(lambda o=run_options: run_session(sess, x, o), LOOP_CALLS // 4)
+            for name, run_options in (("with RUN_OPTIONS (arena shrinkage)", RUN_OPTIONS),
+                                      ("without", None))}
 
 
 def call_paths(path: Path, device: str) -> list[dict]:
@@ -129,13 +125,11 @@ def call_paths(path: Path, device: str) -> list[dict]:
     rows, one, x = [], images(1), images(LOOP_BATCH)
     rounds = LOOP_CALLS // 8
     for threads in (1, 0):
-        sess, _ = open_session(path, device, threads, CUDA_OPTIONS, serving_session_options())
+        sess, _ = open_serving_session(path, device, threads)
 
         def fn(batch, s=sess):
             return run_session(s, batch)
-        for _ in range(20):
-            fn(x)
-        plain = statistics.median(ms(lambda: fn(x)) for _ in range(LOOP_CALLS // 4))
+        plain = loop_ms(lambda: fn(x), LOOP_CALLS // 4)["median_ms"]
         rows.append({"threads": threads, "path": "plain loop", "ms_per_16": plain})
         for inline in (32, 0):
             batcher = MicroBatcher(fn, 1024, concurrency=2, inline_max=inline)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from bench.gpu.cudart import D2H, H2D, CudaRuntime, host_array
 from bench.gpu.machine import NO_GPU
 from export.runtime import open_session, providers_for
-from service.runtime import CUDA_OPTIONS, serving_session_options
+from service.runtime import CUDA_OPTIONS, open_serving_session, serving_session_options
 
 TRT = "TensorrtExecutionProvider"
 MODES = ("run", "iobinding", "cuda_graph", "tensorrt")
@@ -209,8 +209,7 @@ def run_mode(mode, path, device, prec, sizes, buckets, seconds, images, buffers,
     if mode == "tensorrt":
         sess, provider = trt_session(path, prec, max(sizes))
     else:
-        sess, provider = open_session(path, device, cuda_options=CUDA_OPTIONS,
-                                      options=serving_session_options())
+        sess, provider = open_serving_session(path, device, 0)
     if mode == "run":
         step = plain_step(sess, images)
         for b in sizes:
