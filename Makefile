@@ -95,6 +95,7 @@ else
 gpu-check:
 	$(PYTHON) bench/gpu/install.py --target $(GPU_SITE)
 	-PYTHONPATH=$(GPU_SITE) $(PYTHON) -m bench.gpu.probe --device $(DEVICE) --bundle $(GPU_BUNDLE) $(if $(GPU_OUT),--out $(GPU_OUT))
+	-PYTHONPATH=$(GPU_SITE) $(PYTHON) -m bench.gpu.shapes --device $(DEVICE) --bundle $(GPU_BUNDLE) $(if $(GPU_OUT),--out $(GPU_OUT))
 	PYTHONPATH=$(GPU_SITE) $(PYTHON) -m bench.gpu_check --device $(DEVICE) --bundle $(GPU_BUNDLE) $(if $(GPU_OUT),--out $(GPU_OUT))
 endif
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -56,6 +57,8 @@ def parse_args(argv):
     p.add_argument("--buckets", type=int, nargs="+", help="CUDA-graph bucket sizes")
     p.add_argument("--seconds", type=float, help="timed seconds per sweep cell")
     p.add_argument("--http-seconds", type=float, help="seconds of load per HTTP cell")
+    p.add_argument("--concurrency", type=int, nargs="+",
+                   help="connections of the single-image HTTP cells (default 32 64 on CUDA)")
     p.add_argument("--workers", type=int, help="CIFAR2_WORKERS of the served runs "
                                                "(default: the service's)")
     p.add_argument("--no-http", action="store_true", help="skip the HTTP runs")
@@ -63,6 +66,13 @@ def parse_args(argv):
                    help="measure nothing: write the report and the PNG again from a "
                         "gpu_check.json (e.g. where matplotlib is, after a GPU run without it)")
     return p.parse_args(argv)
+
+
+def command_line(argv: list[str]) -> str:
+    """This command as the report shows it: an absolute path by its last part, so that the
+    report names no folder of the machine it ran on."""
+    return " ".join(["python -m bench.gpu_check",
+                     *(Path(a).name if a.startswith("/") else a for a in argv)])
 
 
 def write(result: dict, out: Path) -> None:
@@ -133,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  "batch": 0, "status": f"failed: {rows['error']}"}
                                                 for m in models]
     http = {"runs": {}, "cuda_over_cpu": {}} if args.no_http else step(
-        "http", seconds, http_check, args.bundle, args.device, d["concurrency"], d["bulk"],
+        "http", seconds, http_check, args.bundle, args.device,
+        args.concurrency or d["concurrency"], d["bulk"],
         d["bulk_concurrency"], args.http_seconds or d["http_seconds"],
         args.workers or d.get("workers"))
     if "error" in http:
@@ -143,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     flops = {m: bundle["models"][m]["graph"]["flops_per_image"] for m in models}
     gpu = machine.get("gpu")
     result = {
-        "device": args.device, "command": " ".join(["python -m bench.gpu_check", *sys.argv[1:]]),
+        "device": args.device, "command": command_line(sys.argv[1:]),
+        # the service's settings that differ from its defaults (inherited by the HTTP runs)
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("CIFAR2_")},
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine_name": gpu.get("name", "GPU") if isinstance(gpu, dict) else "no GPU",
         "served": bundle["served"], "test_images": bundle.get("test_images"),

@@ -60,6 +60,10 @@ MAX_BATCH_SIZE = _int("CIFAR2_MAX_BATCH_SIZE", 1024)
 # Pad each batch up to the next power of two (service/runtime.py padding_buckets): auto = on
 # CUDA only, where every new batch shape costs a cuDNN plan search; on; off.
 PAD_BATCHES = _choice("CIFAR2_PAD_BATCHES", "auto", ("auto", "on", "off"))
+# One ORT session per padding bucket, so that each session only ever sees one batch shape:
+# auto = on CUDA, where ORT's convolution re-plans whenever the shape differs from its previous
+# call (~3 ms a call on an H100; service/runtime.py ServedModel); on; off = one session.
+SESSION_PER_SHAPE = _choice("CIFAR2_SESSION_PER_SHAPE", "auto", ("auto", "on", "off"))
 # Batches of up to this many images run on the event loop itself, bigger ones in a thread
 # (service/batcher.py); 0 = every model call in a thread.
 INLINE_MAX = _int("CIFAR2_INLINE_MAX", 32)

@@ -45,7 +45,7 @@ async def run(service, key: str, images: np.ndarray, route: str) -> Ran:
     except QueueFull as e:
         metrics.rejected("queue_full")
         raise BadInput(str(e), status=503) from None
-    metrics.batch_done(route, ran.batch_size, ran.queue_ms)
+    metrics.batch_done(route, ran.batch_size, ran.queue_ms, ran.inference_ms)
     return ran
 
 

@@ -7,9 +7,11 @@ requests; these do, on the same /metrics page:
 - ``cifar2_request_total{route,http_response_code}`` and
   ``cifar2_request_duration_seconds{route}``: requests the request layer answered, and as
   ``route="unknown"`` the 404s for paths the service does not serve (service/knownpaths.py);
-- ``cifar2_batch_size{route}`` and ``cifar2_queue_seconds{route}``: per request, the images in
-  the model call it rode in and its wait before that call (the X-Batch-Size and X-Queue-Ms
-  reply headers), for every inference route on either path;
+- ``cifar2_batch_size{route}``, ``cifar2_queue_seconds{route}`` and
+  ``cifar2_model_seconds{route}``: per request, the images in the model call it rode in, its
+  wait before that call (the X-Batch-Size and X-Queue-Ms reply headers) and the call's own
+  time, for every inference route on either path: request time less these two is the HTTP,
+  decoding and reply work;
 - ``cifar2_rejected_request_total{reason}``: 413 (body too large) and 503 (overloaded, not
   ready, queue_full) answered by service/limits.py, service/info.py and the batcher's
   admission control.
@@ -46,6 +48,8 @@ def _families():
                              "rode in (X-Batch-Size)", ["route"], buckets=BATCH_BUCKETS),
         "queue": p.Histogram("cifar2_queue_seconds", "per request: wait for its model call "
                              "(X-Queue-Ms)", ["route"], buckets=BUCKETS),
+        "model": p.Histogram("cifar2_model_seconds", "per request: time of the model call it "
+                             "rode in", ["route"], buckets=BUCKETS),
         "rejected": p.Counter(
             "cifar2_rejected_request_total",
             "requests refused before reaching the model: body_too_large (413), "
@@ -118,9 +122,10 @@ def request_done(route: str, status: int, seconds: float) -> None:
     _observe(("duration", route), seconds, BUCKETS)
 
 
-def batch_done(route: str, batch_size: int, queue_ms: float) -> None:
+def batch_done(route: str, batch_size: int, queue_ms: float, model_ms: float) -> None:
     _observe(("batch", route), batch_size, BATCH_BUCKETS)
     _observe(("queue", route), queue_ms / 1000, BUCKETS)
+    _observe(("model", route), model_ms / 1000, BUCKETS)
 
 
 def rejected(reason: str) -> None:

@@ -85,6 +85,12 @@ def padding_buckets(provider: str) -> tuple[int, ...]:
     return tuple(sorted({*(1 << k for k in range(top.bit_length())), top}))
 
 
+def per_shape_sessions(provider: str) -> bool:
+    """Whether each padding bucket gets a session of its own (CIFAR2_SESSION_PER_SHAPE)."""
+    return config.SESSION_PER_SHAPE == "on" or (config.SESSION_PER_SHAPE == "auto"
+                                                 and provider == CUDA)
+
+
 class ModelFileBroken(RuntimeError):
     """model.onnx in the store is missing, damaged, or not the file that was registered."""
 
@@ -121,23 +127,33 @@ class ServedModel:
         self.metadata = dict(stored.info.metadata)
         self.labels = dict(stored.info.labels)
         self.classes = list(self.metadata.get("classes", ["airplane", "bird"]))
-        self.session, self.provider = open_serving_session(checked_model_file(stored), device,
-                                                           threads)
+        path = checked_model_file(stored)
+        self.session, self.provider = open_serving_session(path, device, threads)
         # On CUDA each new batch shape costs a cuDNN plan search, and adaptive batching makes
         # every size up to the largest batch: batches are padded up to a few bucket sizes, all
         # of them warmed before the service is ready (docs/gpu.md, bench/gpu/probe.py).
         self.buckets = padding_buckets(self.provider)
         self.run_options = run_options_for(self.provider)
+        # bucket -> the session that runs it. ORT's CUDA convolution keeps its plan for the
+        # shape of its previous call only, and builds it again whenever the shape changes:
+        # batches of mixed sizes on one session cost ~3 ms a call instead of 0.16 ms on an H100
+        # (`python -m bench.gpu.shapes`, docs/gpu_shapes.json). A session per bucket sees one
+        # shape only. The largest bucket keeps the first session.
+        self.sessions = {b: self.session for b in self.buckets}
+        if per_shape_sessions(self.provider):
+            for b in self.buckets[:-1]:
+                self.sessions[b] = open_serving_session(path, device, threads)[0]
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N,3,32,32] -> (logits, probabilities), float32 [N,2] each."""
         n = len(images)
         padded = next((b for b in self.buckets if b >= n), n) if self.buckets else n
+        session = self.sessions.get(padded, self.session)
         if padded == n:
-            return run_serving_session(self.session, images, self.run_options)
+            return run_serving_session(session, images, self.run_options)
         batch = np.zeros((padded, *images.shape[1:]), np.uint8)
         batch[:n] = images
-        logits, probs = run_serving_session(self.session, batch, self.run_options)
+        logits, probs = run_serving_session(session, batch, self.run_options)
         return logits[:n], probs[:n]
 
     def warmup_sizes(self, batch_sizes) -> tuple[int, ...]:
@@ -164,7 +180,9 @@ class ServedModel:
                 raise RuntimeError(f"{self.tag}: warm-up at batch {n} gave {out.shape} "
                                    "or non-finite probabilities")
         if batch_sizes:
-            run_at_once(self.session, max(batch_sizes), WARMUP_AT_ONCE, self.run_options)
+            top = max(batch_sizes)
+            run_at_once(self.sessions.get(top, self.session), top, WARMUP_AT_ONCE,
+                        self.run_options)
         return times
 
     def card(self) -> dict:
@@ -174,4 +192,5 @@ class ServedModel:
                 "val_acc": m.get("val_acc"), "train_acc": m.get("train_acc"),
                 "recipe": m.get("recipe"), "parity": m.get("parity"), "classes": self.classes,
                 "checkpoint_sha256": m.get("checkpoint_sha256"), "labels": self.labels,
-                "provider": self.provider, "providers": self.session.get_providers()}
+                "provider": self.provider, "providers": self.session.get_providers(),
+                "sessions": len({id(s) for s in self.sessions.values()} | {id(self.session)})}

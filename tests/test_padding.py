@@ -1,6 +1,8 @@
 """Batches padded up to powers of two (CIFAR2_PAD_BATCHES; on by default only on CUDA, where
-each new batch shape costs a cuDNN plan search): a real `bentoml serve` with padding forced on
-the CPU answers exactly what the unpadded model answers, for the real images only."""
+each new batch shape costs a cuDNN plan search), each bucket on a session of its own
+(CIFAR2_SESSION_PER_SHAPE; also CUDA's default, where ORT's convolution re-plans whenever the
+shape changes): a real `bentoml serve` with both forced on the CPU answers exactly what the
+unpadded model answers, for the real images only."""
 
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ BUCKETS = [1, 2, 4, 8, 16, 32, 64]
 
 @pytest.fixture(scope="module")
 def padded(store, tmp_path_factory):
-    env = server_env(store, CIFAR2_PAD_BATCHES="on", CIFAR2_MAX_BATCH_SIZE="64",
-                     CIFAR2_MAX_IMAGES="64")
+    env = server_env(store, CIFAR2_PAD_BATCHES="on", CIFAR2_SESSION_PER_SHAPE="on",
+                     CIFAR2_MAX_BATCH_SIZE="64", CIFAR2_MAX_IMAGES="64")
     proc, url = start_server(env, free_port(), tmp_path_factory.mktemp("pad") / "serve.log")
     with httpx.Client(base_url=url, timeout=30) as client:
         yield client
@@ -40,6 +42,7 @@ def test_info_lists_the_buckets_and_each_is_warmed(padded):
     info = padded.get("/info").json()
     assert info["batching"]["padded_to"] == {"convnet": BUCKETS, "dense": BUCKETS}
     assert {str(b) for b in BUCKETS} <= set(info["warmup_ms"]["convnet"])
+    assert info["models"]["convnet"]["sessions"] == len(BUCKETS)  # one per bucket
 
 
 @pytest.mark.parametrize("n", [5, 33])
@@ -57,10 +60,11 @@ def test_padded_answers_equal_the_model_on_the_real_images(padded, store, n):
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
-def test_a_wrong_setting_names_the_choices():
-    env = {**os.environ, "CIFAR2_PAD_BATCHES": "sometimes"}
+@pytest.mark.parametrize("name", ["CIFAR2_PAD_BATCHES", "CIFAR2_SESSION_PER_SHAPE"])
+def test_a_wrong_setting_names_the_choices(name):
+    env = {**os.environ, name: "sometimes"}
     done = subprocess.run([sys.executable, "-c", "import service.config"], cwd=ROOT, env=env,
                           capture_output=True, text=True, check=False)
     assert done.returncode != 0
-    assert "CIFAR2_PAD_BATCHES='sometimes': use one of auto, on, off" in done.stderr
+    assert f"{name}='sometimes': use one of auto, on, off" in done.stderr
     assert "Traceback" not in done.stderr

@@ -133,6 +133,7 @@ def test_probes_info_and_no_torch(server, store):
     assert info["models"]["dense"]["params"] == 1574402
     assert set(info["warmup_ms"]["convnet"]) == {"1", "8", "64", "256", "1024"}
     assert info["batching"]["padded_to"] == {"convnet": [], "dense": []}  # none on the CPU
+    assert info["models"]["convnet"]["sessions"] == 1  # one session for every shape
     assert info["batching"]["inline_max"] == 32
     assert info["versions"]["onnxruntime"] and info["batching"]["enabled"]
     assert info["torch_imported"] is False  # the serving process never imports torch
@@ -284,7 +285,8 @@ def test_metrics_and_openapi(server):
 
 def test_requests_in_front_of_bentoml_are_counted_in_metrics(server):
     """The request layer and the limits answer before BentoML's metrics middleware; they count
-    their own requests, and every request's batch size, on the same /metrics page."""
+    their own requests, and every request's batch size and model time, on the same /metrics
+    page."""
     ok, bad = npy(X[:1]), b"not an npy file"
 
     def counts():
@@ -293,6 +295,7 @@ def test_requests_in_front_of_bentoml_are_counted_in_metrics(server):
                 + [metric(server, "cifar2_request_duration_seconds_count", route="/predict"),
                    metric(server, "cifar2_batch_size_count", route="/predict"),
                    metric(server, "cifar2_batch_size_count", route="/classify"),
+                   metric(server, "cifar2_model_seconds_count", route="/predict"),
                    metric(server, "cifar2_rejected_request_total", reason="body_too_large")])
 
     # The earlier tests' requests reach /metrics up to 50 ms after their replies: wait until
@@ -307,7 +310,7 @@ def test_requests_in_front_of_bentoml_are_counted_in_metrics(server):
     server.post("/classify", files=files(png()))
     server.post("/predict", content=b"\0" * (16 * 2**20 + 1),
                 headers={"content-type": "application/x-npy"})
-    want = [3, 2, 5, 3, 1, 1]
+    want = [3, 2, 5, 3, 1, 3, 1]
     deadline = time.monotonic() + 3  # a worker writes what it recorded within 50 ms
     while (got := [b - a for a, b in zip(before, counts())]) != want \
             and time.monotonic() < deadline:

@@ -118,7 +118,8 @@ def plan(concurrency: list[int], bulk: list[int], bulk_concurrency: int) -> list
 
 # The service's own view of a cell, from /metrics (summed over the workers): mean per request.
 SERVER_SERIES = {"server_ms": "cifar2_request_duration_seconds",
-                 "queue_ms": "cifar2_queue_seconds", "images_per_call": "cifar2_batch_size"}
+                 "queue_ms": "cifar2_queue_seconds", "model_ms": "cifar2_model_seconds",
+                 "images_per_call": "cifar2_batch_size"}
 FLUSH_S = 0.2  # requests reach /metrics up to 50 ms later (service/metrics.py)
 
 

@@ -144,21 +144,22 @@ def server_md(server: dict | None) -> str:
     """The service's means for a cell (http_runs.server_means); blanks for older reports."""
     server = server or {}
     return " | ".join(_num(server.get(k), fmt) for k, fmt in (
-        ("server_ms", "{:.2f}"), ("queue_ms", "{:.2f}"), ("images_per_call", "{:.1f}")))
+        ("server_ms", "{:.2f}"), ("queue_ms", "{:.2f}"), ("model_ms", "{:.2f}"),
+        ("images_per_call", "{:.1f}")))
 
 
 def http_md(http: dict) -> list[str]:
     lines = [("| device | request | c | req/s | images/s | p50 ms | p99 ms | errors | no reply | "
-              "server ms | queue ms | images per call |"),
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "server ms | queue ms | model ms | images per call |"),
+             "| --- | --- |" + " ---: |" * 11]
     for device, run in http["runs"].items():
         if run["status"] != "measured":
-            lines.append(f"| {device} | all | | {run['status'][:300]} | | | | | | | | |")
+            lines.append(f"| {device} | all | | {run['status'][:300]} | | | | | | | | | |")
             continue
         for c in run["cells"]:
             if c["status"] != "measured":
                 lines.append(f"| {device} | {c['request']} | {c['concurrency']} | {c['status']} "
-                             "| | | | | | | | |")
+                             "| | | | | | | | | |")
             else:
                 lines.append(f"| {device} | {c['request']} | {c['concurrency']} | {c['rps']:,.0f}"
                              f" | {c['images_per_s']:,.0f} | {c['p50_ms']:.1f} | "
@@ -198,10 +199,11 @@ def goals(result: dict) -> list[tuple[str, str, str]]:
 
 def markdown(result: dict) -> str:
     device = result["device"]
-    out = [START, "", (f"Made by `{result['command']}` in {result['seconds']:.0f} s "
-           f"({result['date']}); every number is in [{result['json_name']}]"
-           f"({result['json_name']}), the plot in [{result['png_name']}]({result['png_name']})."),
-           ""]
+    env = " ".join(f"{k}={v}" for k, v in (result.get("env") or {}).items())
+    out = [START, "", (f"Made by `{env + ' ' if env else ''}{result['command']}` in "
+           f"{result['seconds']:.0f} s ({result['date']}); every number is in "
+           f"[{result['json_name']}]({result['json_name']}), the plot in "
+           f"[{result['png_name']}]({result['png_name']})."), ""]
     if device != "cuda":
         out += [("**This run had no GPU** (`DEVICE=cpu`): every step that needs CUDA says "
                 f"\"{NO_GPU}\"; the CPU figures are the same code run with small sizes on the "
