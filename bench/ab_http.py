@@ -9,7 +9,8 @@ A variant is ``NAME:ENV=VALUE,ENV=VALUE`` (the service with those variables) or
 ``NAME:@PATH`` (``bentoml serve`` run from another checkout, e.g. a ``git worktree`` of an older
 commit). Each round starts every variant in turn, warms it up for 2 s and measures it right
 after a ceiling run, so neighbouring numbers saw the same load from other jobs; the medians
-over the rounds are printed last. This is how the A/B figures in docs/serving.md were taken.
+over the rounds are printed last, with the workers' summed RSS after each run. This is how the
+A/B figures in docs/serving.md were taken.
 Needs wrk and cifar2-net / cifar2-dense in the model store, like bench/bench_http.py.
 """
 
@@ -21,6 +22,8 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+
+import psutil
 
 from bench import bench_http
 from bench.bench_http import LUA, bodies, start, stop, wrk
@@ -69,12 +72,14 @@ def main() -> None:
                     wrk(url + route, body, args.concurrency, 2, lua)  # warm-up
                     ceil = wrk(ceiling_url, body, args.concurrency, args.duration, lua)
                     got = wrk(url + route, body, args.concurrency, args.duration, lua)
+                    got["rss_mib"] = workers_rss_mib(proc.pid)
                 finally:
                     stop(proc)
                 runs.setdefault(name, []).append((got, ceil))
                 print(f"{name}: {got['rps']:,.0f} req/s, ceiling {ceil['rps']:,.0f} "
                       f"({got['rps'] / ceil['rps']:.1%}), p99 {got['p99_ms']:.1f} ms, "
-                      f"errors {got['errors']}", flush=True)
+                      f"errors {got['errors']}, workers' RSS {got['rss_mib']:,.0f} MiB",
+                      flush=True)
     finally:
         stop(ceiling)
     print(f"\nmedians over {args.rounds} rounds, {route} ({args.body}), "
@@ -83,7 +88,21 @@ def main() -> None:
         rps = statistics.median(g["rps"] for g, _ in pairs)
         pct = statistics.median(g["rps"] / c["rps"] for g, c in pairs)
         p99 = statistics.median(g["p99_ms"] for g, _ in pairs)
-        print(f"  {name}: {rps:,.0f} req/s, {pct:.1%} of the ceiling, p99 {p99:.1f} ms")
+        rss = statistics.median(g["rss_mib"] for g, _ in pairs)
+        print(f"  {name}: {rps:,.0f} req/s, {pct:.1%} of the ceiling, p99 {p99:.1f} ms, "
+              f"workers' RSS {rss:,.0f} MiB")
+
+
+def workers_rss_mib(server_pid: int) -> float:
+    """Summed RSS of the service's worker processes (BentoML's worker script)."""
+    total = 0
+    for child in psutil.Process(server_pid).children(recursive=True):
+        try:
+            if any("worker" in part for part in child.cmdline()):
+                total += child.memory_info().rss
+        except psutil.Error:
+            continue
+    return total / 2**20
 
 
 if __name__ == "__main__":

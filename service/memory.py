@@ -50,7 +50,8 @@ MiB = 1 << 20
 # ServedModel.warmup): a kept region that held only one made every concurrent big batch map,
 # fault in and free a region of its own, and bulk /predict 26% slower
 # (`python -m bench.ab_http before:@OLD after: --body npy1024 --concurrency 4`: 68 -> 50 req/s).
-# Only the pages batches touch count in RSS.
+# Only the pages batches touch count in RSS: with the default CIFAR2_CPU_CHUNK the largest ORT
+# call on the CPU is 64 images, and a worker touches a small part of it.
 KEEP_BYTES = 512 * MiB
 GROW_BYTES = 256 * MiB
 MMAP_THRESHOLD = 4 * MiB

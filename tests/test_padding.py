@@ -1,7 +1,8 @@
 """Batches padded up to powers of two (CIFAR2_PAD_BATCHES; on by default only on CUDA, where
 each new batch shape costs a cuDNN plan search), each bucket on a session of its own
 (CIFAR2_SESSION_PER_SHAPE; also CUDA's default, where ORT's convolution re-plans whenever the
-shape changes): a real `bentoml serve` with both forced on the CPU answers exactly what the
+shape changes), and big batches cut into ORT calls of CIFAR2_CPU_CHUNK images: a real
+`bentoml serve` with all three on the CPU (chunks of 16) answers exactly what one call of the
 unpadded model answers, for the real images only."""
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ BUCKETS = [1, 2, 4, 8, 16, 32, 64]
 @pytest.fixture(scope="module")
 def padded(store, tmp_path_factory):
     env = server_env(store, CIFAR2_PAD_BATCHES="on", CIFAR2_SESSION_PER_SHAPE="on",
-                     CIFAR2_MAX_BATCH_SIZE="64", CIFAR2_MAX_IMAGES="64")
+                     CIFAR2_CPU_CHUNK="16", CIFAR2_MAX_BATCH_SIZE="64", CIFAR2_MAX_IMAGES="64")
     proc, url = start_server(env, free_port(), tmp_path_factory.mktemp("pad") / "serve.log")
     with httpx.Client(base_url=url, timeout=30) as client:
         yield client
@@ -43,9 +44,10 @@ def test_info_lists_the_buckets_and_each_is_warmed(padded):
     assert info["batching"]["padded_to"] == {"convnet": BUCKETS, "dense": BUCKETS}
     assert {str(b) for b in BUCKETS} <= set(info["warmup_ms"]["convnet"])
     assert info["models"]["convnet"]["sessions"] == len(BUCKETS)  # one per bucket
+    assert info["models"]["convnet"]["cpu_chunk"] == 16
 
 
-@pytest.mark.parametrize("n", [5, 33])
+@pytest.mark.parametrize("n", [5, 33])  # 33: calls of 16, 16 and 1 (padded to 1)
 def test_padded_answers_equal_the_model_on_the_real_images(padded, store, n):
     x = np.random.default_rng(n).integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
     r = padded.post("/predict", content=npy(x), headers={"Content-Type": "application/x-npy"})
