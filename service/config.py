@@ -65,8 +65,8 @@ PAD_BATCHES = _choice("CIFAR2_PAD_BATCHES", "auto", ("auto", "on", "off"))
 # call (~3 ms a call on an H100; service/runtime.py ServedModel); on; off = one session.
 SESSION_PER_SHAPE = _choice("CIFAR2_SESSION_PER_SHAPE", "auto", ("auto", "on", "off"))
 # On the CPU provider, a batch of more images runs as consecutive ORT calls of this many: the
-# convnet's activations then stay in the CPU caches (two threads in-process: 98k images/s in
-# calls of 64 against 79k in one call of 1,024). 0 = one call per batch.
+# convnet's activations then stay in the CPU caches (two threads in-process: ~89k images/s in
+# calls of 64 against ~78k in one call of 1,024, bench/bench_http.py). 0 = one call per batch.
 CPU_CHUNK = _int("CIFAR2_CPU_CHUNK", 64)
 # Batches of up to this many images run on the event loop itself, bigger ones in a thread
 # (service/batcher.py); 0 = every model call in a thread.
