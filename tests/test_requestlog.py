@@ -216,3 +216,20 @@ def test_bentoml_tracebacks_only_for_faults_and_tagged(uvicorn_app, caplog):
     assert any("POST /fault 500" in m and "request_id=bento-500" in m for m in lines), lines
     errors = [r for r in caplog.records if r.name == "cifar2.requests" and "500" in r.getMessage()]
     assert all(r.levelno == logging.ERROR for r in errors)
+
+
+@pytest.mark.parametrize("level, quiet", [(logging.WARNING, True), (logging.INFO, False)])
+def test_uvicorn_builds_no_access_line_that_would_be_dropped(level, quiet, monkeypatch):
+    """uvicorn formats an access line per request whenever its logger has a handler up the
+    tree; a logger whose level drops them is cut from the tree, one that would log is kept."""
+    from service.requestlog import quiet_dropped_access_lines
+
+    root, access = logging.getLogger(), logging.getLogger("uvicorn.access")
+    monkeypatch.setattr(root, "handlers", [logging.NullHandler()])
+    monkeypatch.setattr(access, "propagate", True)
+    monkeypatch.setattr(access, "handlers", [])
+    monkeypatch.setattr(access, "level", level)
+    access.manager._clear_cache()  # isEnabledFor caches per level
+    quiet_dropped_access_lines()
+    assert access.hasHandlers() is not quiet  # what uvicorn asks, once per connection
+    access.manager._clear_cache()
