@@ -85,6 +85,13 @@ def padding_buckets(provider: str) -> tuple[int, ...]:
     return tuple(sorted({*(1 << k for k in range(top.bit_length())), top}))
 
 
+def thread_calls(provider: str) -> int:
+    """Model calls a batcher runs in threads at once (service/batcher.py): one on the CPU,
+    where a worker has one core and two big calls only thrash it; CIFAR2_BATCH_CONCURRENCY on
+    CUDA, where a call mostly waits for the GPU (as measured on the H100)."""
+    return 1 if provider == CPU else config.BATCH_CONCURRENCY
+
+
 def per_shape_sessions(provider: str) -> bool:
     """Whether each padding bucket gets a session of its own (CIFAR2_SESSION_PER_SHAPE)."""
     return config.SESSION_PER_SHAPE == "on" or (config.SESSION_PER_SHAPE == "auto"

@@ -27,7 +27,7 @@ from service.batcher import MicroBatcher
 from service.errors import BadInput
 from service.frontdoor import FrontDoorService
 from service.images import check_count
-from service.runtime import ServedModel
+from service.runtime import ServedModel, thread_calls
 from service.tensors import ImageTensor
 
 logger = logging.getLogger("cifar2.service")
@@ -80,7 +80,8 @@ class CIFAR2:
         self.batchers = {key: MicroBatcher(m.run, config.MAX_BATCH_SIZE, config.BATCHING,
                                            config.BATCH_CONCURRENCY, config.REQUEST_TIMEOUT_S,
                                            inline_max=config.INLINE_MAX,
-                                           max_queue_ms=config.MAX_QUEUE_MS)
+                                           max_queue_ms=config.MAX_QUEUE_MS,
+                                           thread_calls=thread_calls(m.provider))
                          for key, m in self.models.items()}
 
     @property

@@ -135,6 +135,7 @@ def test_probes_info_and_no_torch(server, store):
     assert info["batching"]["padded_to"] == {"convnet": [], "dense": []}  # none on the CPU
     assert info["models"]["convnet"]["sessions"] == 1  # one session for every shape
     assert info["models"]["convnet"]["cpu_chunk"] == 64  # bulk batches run 64 images a call
+    assert info["batching"]["natural"]["convnet"]["thread_calls"] == 1  # one big call a time
     assert info["batching"]["inline_max"] == 32
     assert info["versions"]["onnxruntime"] and info["batching"]["enabled"]
     assert info["torch_imported"] is False  # the serving process never imports torch

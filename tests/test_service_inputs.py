@@ -264,6 +264,40 @@ def test_micro_batcher_runs_small_batches_inline_and_big_ones_in_a_thread():
     assert threads[8] is threading.main_thread() and threads[9] is not threading.main_thread()
 
 
+def test_micro_batcher_runs_one_big_call_in_a_thread_at_a_time_and_small_ones_beside_it():
+    """Two big calls at once in a worker would put two ORT threads on its one core: they take
+    turns. A small batch still runs on the loop while a big one is in the thread."""
+    lock, state = threading.Lock(), {"in_thread": 0, "peak": 0, "small_beside_big": []}
+
+    def model(x):
+        if len(x) > 4:  # a thread call
+            with lock:
+                state["in_thread"] += 1
+                state["peak"] = max(state["peak"], state["in_thread"])
+            time.sleep(0.05)
+            with lock:
+                state["in_thread"] -= 1
+        else:
+            state["small_beside_big"].append(state["in_thread"])
+        return np.zeros((len(x), 2), np.float32), np.zeros((len(x), 2), np.float32)
+
+    async def run():
+        b = MicroBatcher(model, max_batch=8, concurrency=2, inline_max=4)
+        big = [asyncio.create_task(b(np.zeros((8, 3, 32, 32), np.uint8))) for _ in range(3)]
+        await asyncio.sleep(0.01)  # the first big call is in its thread, the second waits
+        ran = await asyncio.gather(*big)
+        first = asyncio.create_task(b(np.zeros((8, 3, 32, 32), np.uint8)))
+        await asyncio.sleep(0.01)
+        await b(np.zeros((1, 3, 32, 32), np.uint8))  # while ``first`` is in its thread
+        await first
+        return ran
+
+    ran = asyncio.run(run())
+    assert state["peak"] == 1
+    assert max(r.queue_ms for r in ran) >= 90  # the third waited for two turns
+    assert state["small_beside_big"] == [1]
+
+
 class _Served:
     """What the request layer needs of the running service: its batchers."""
 
