@@ -88,7 +88,8 @@ def padding_buckets(provider: str) -> tuple[int, ...]:
 def thread_calls(provider: str) -> int:
     """Model calls a batcher runs in threads at once (service/batcher.py): one on the CPU,
     where a worker has one core and two big calls only thrash it; CIFAR2_BATCH_CONCURRENCY on
-    CUDA, where a call mostly waits for the GPU (as measured on the H100)."""
+    CUDA, where a call mostly waits for the GPU: the setting the H100's bulk figures were
+    measured with (docs/gpu.md); one there has not been measured."""
     return 1 if provider == CPU else config.BATCH_CONCURRENCY
 
 
