@@ -35,7 +35,12 @@ import onnxruntime as ort
 
 from export.runtime import open_session, run_session
 from service.memory import RUN_OPTIONS
-from service.runtime import CUDA_OPTIONS, open_serving_session, serving_session_options
+from service.runtime import (
+    CUDA_OPTIONS,
+    open_serving_session,
+    serving_session_options,
+    thread_calls,
+)
 
 BATCHES = (1, 64, 1024)
 SHAPES = range(1, 65)
@@ -125,14 +130,15 @@ def call_paths(path: Path, device: str) -> list[dict]:
     rows, one, x = [], images(1), images(LOOP_BATCH)
     rounds = LOOP_CALLS // 8
     for threads in (1, 0):
-        sess, _ = open_serving_session(path, device, threads)
+        sess, provider = open_serving_session(path, device, threads)
 
         def fn(batch, s=sess):
             return run_session(s, batch)
         plain = loop_ms(lambda: fn(x), LOOP_CALLS // 4)["median_ms"]
         rows.append({"threads": threads, "path": "plain loop", "ms_per_16": plain})
         for inline in (32, 0):
-            batcher = MicroBatcher(fn, 1024, concurrency=2, inline_max=inline)
+            batcher = MicroBatcher(fn, 1024, concurrency=2, inline_max=inline,
+                                   thread_calls=thread_calls(provider))  # as the service
 
             async def run(n: int, b=batcher) -> float:
                 for _ in range(20):
