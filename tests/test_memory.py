@@ -13,7 +13,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 from test_service_http import ROOT, store  # noqa: F401 - store is a fixture
+
+from service import memory
 
 
 def test_rss_flat_through_batch_sizes(store, tmp_path):
@@ -32,3 +35,31 @@ def test_rss_flat_through_batch_sizes(store, tmp_path):
     assert rounds[-1] - rounds[0] < 16, result
     # Whatever the warm-up touched: nothing near the 170 MiB that ORT's defaults kept.
     assert max(rounds) - warm < 64, result
+
+
+# A worker after share_cpu_arena builds and frees a bulk request's 3 MiB body again and again.
+# Counts the page faults of 50 such bodies after the first: with glibc's default trim threshold
+# each freed body went back to the kernel and the next one faulted in its ~750 pages again.
+BODY_LOOP = """
+import resource
+import onnxruntime as ort
+from service.memory import share_cpu_arena
+share_cpu_arena(ort.SessionOptions())
+pieces = [b"x" * 65536] * 48
+def body():
+    return len(b"".join(pieces))
+body()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(50):
+    body()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(memory.glibc() is None, reason="mallopt is glibc's")
+def test_a_freed_bulk_body_is_reused_without_page_faults():
+    done = subprocess.run([sys.executable, "-c", BODY_LOOP], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    faults = int(done.stdout)
+    assert faults < 750, f"{faults} page faults for 50 bodies of 3 MiB: freed heap is trimmed"
