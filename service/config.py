@@ -71,6 +71,10 @@ CPU_CHUNK = _int("CIFAR2_CPU_CHUNK", 64)
 # Batches of up to this many images run on the event loop itself, bigger ones in a thread
 # (service/batcher.py); 0 = every model call in a thread.
 INLINE_MAX = _int("CIFAR2_INLINE_MAX", 32)
+# ORT threads of a batch bigger than CIFAR2_INLINE_MAX on the CPU provider while every other
+# worker is idle: a client's connections can all land on one worker, which then borrows the
+# idle cores (service/neighbours.py). Default: one per worker; 1 = never borrow.
+BULK_THREADS = _int("CIFAR2_BULK_THREADS", 0) or WORKERS
 # Model calls in flight at once per worker and model (natural batching, service/batcher.py).
 BATCH_CONCURRENCY = _int("CIFAR2_BATCH_CONCURRENCY", 2)
 # A request (BentoML's traffic timeout) or a model call (service.batcher) running longer gets 504.

@@ -10,6 +10,8 @@ An ASGI middleware, so the checks run before BentoML parses anything:
   ``max_in_flight`` -> 503 with Retry-After, a hard cap whatever the timing says; it bounds
   the burst a worker takes on before service/sojourn.py has measured anything.
 - Any 503 the app itself sends (the batcher's admission control) gets a Retry-After header too.
+- Whether the worker has requests in progress is also on a board the other workers read
+  (service/neighbours.py): an idle worker lends its core to a busy one's bulk batches.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from time import monotonic as now
 
 from service import metrics
+from service.neighbours import neighbours
 from service.replies import send_json
 from service.sojourn import Sojourn
 
@@ -106,6 +109,8 @@ class _Exchange:
         if self.body_done is None and not message.get("more_body", False):
             self.body_done = now()
             self.limits.in_flight += 1
+            if self.limits.in_flight == 1:
+                neighbours().mark(True)
         return message
 
     async def send(self, message):
@@ -123,6 +128,8 @@ class _Exchange:
     def close(self) -> None:
         if self.body_done is not None:
             self.limits.in_flight -= 1
+            if self.limits.in_flight == 0:
+                neighbours().mark(False)
 
 
 def _content_length(scope) -> int | None:

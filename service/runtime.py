@@ -19,6 +19,7 @@ import onnxruntime as ort
 from export.runtime import CPU, CUDA, RuntimeUnavailable, open_session, run_session
 from service import config
 from service.memory import RUN_OPTIONS, share_cpu_arena
+from service.neighbours import neighbours
 
 # cuDNN's default EXHAUSTIVE search benchmarks every algorithm for every new batch size, and
 # adaptive batching makes many batch sizes.
@@ -36,10 +37,14 @@ def serving_session_options() -> ort.SessionOptions:
     return opts
 
 
-def open_serving_session(path: str, device: str, threads: int):
-    """(session, provider that really runs it); device="cuda" without CUDA raises."""
+def open_serving_session(path: str, device: str, threads: int, spin: bool = True):
+    """(session, provider that really runs it); device="cuda" without CUDA raises. With
+    ``spin=False`` ORT's intra-op threads sleep between operators instead of spinning."""
+    options = serving_session_options()
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return open_session(path, device, threads, CUDA_OPTIONS, serving_session_options())
+        return open_session(path, device, threads, CUDA_OPTIONS, options)
     except RuntimeUnavailable as e:
         raise RuntimeUnavailable(f"CIFAR2_DEVICE=cuda, but {e}; fix the GPU setup or use "
                                  "CIFAR2_DEVICE=auto / cpu") from None
@@ -91,6 +96,16 @@ def thread_calls(provider: str) -> int:
     CUDA, where a call mostly waits for the GPU: the setting the H100's bulk figures were
     measured with (docs/gpu.md); one there has not been measured."""
     return 1 if provider == CPU else config.BATCH_CONCURRENCY
+
+
+def spread_threads(provider: str) -> int:
+    """ORT threads of a batch bigger than CIFAR2_INLINE_MAX (one that runs in a thread) while
+    the other workers are idle, or 0 for no such session. Only on the CPU, where a worker has
+    one thread: when a client's connections all land on one worker, it ran on one core while
+    the other idled (service/neighbours.py says why, and when the session is used). It does not
+    spin, so a neighbour that gets work has its core back at once."""
+    threads = config.BULK_THREADS if provider == CPU else 1
+    return threads if threads > 1 else 0
 
 
 def per_shape_sessions(provider: str) -> bool:
@@ -153,20 +168,36 @@ class ServedModel:
                 self.sessions[b] = open_serving_session(path, device, threads)[0]
         # Largest ORT call on the CPU (CIFAR2_CPU_CHUNK); 0: a batch is one call.
         self.chunk = config.CPU_CHUNK if self.provider == CPU else 0
+        # Batches that run in a thread get a session that can use more cores (spread_threads);
+        # the event loop's small batches keep the one-thread session.
+        self.spread_threads = spread_threads(self.provider)
+        self.spread_session = (open_serving_session(path, device, self.spread_threads,
+                                                    spin=False)[0]
+                               if self.spread_threads else None)
+        self.bulk_calls = [0, 0]  # ORT calls of such batches: [on one thread, borrowing]
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N,3,32,32] -> (logits, probabilities), float32 [N,2] each."""
+        spread = self.spread_session is not None and len(images) > config.INLINE_MAX
         if self.chunk and len(images) > self.chunk:
-            parts = [self._call(images[a:a + self.chunk])
+            parts = [self._call(images[a:a + self.chunk], self._spread_or_none(spread))
                      for a in range(0, len(images), self.chunk)]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        return self._call(images)
+        return self._call(images, self._spread_or_none(spread))
 
-    def _call(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One ORT call, on the session of the images' padding bucket."""
+    def _spread_or_none(self, spread: bool):
+        """The wider session while every other worker is idle (service/neighbours.py)."""
+        if not spread:
+            return None
+        borrow = not neighbours().others_busy()
+        self.bulk_calls[borrow] += 1
+        return self.spread_session if borrow else None
+
+    def _call(self, images: np.ndarray, session=None) -> tuple[np.ndarray, np.ndarray]:
+        """One ORT call, on ``session`` or else on the session of the images' padding bucket."""
         n = len(images)
         padded = next((b for b in self.buckets if b >= n), n) if self.buckets else n
-        session = self.sessions.get(padded, self.session)
+        session = session or self.sessions.get(padded, self.session)
         if padded == n:
             return run_serving_session(session, images, self.run_options)
         batch = np.zeros((padded, *images.shape[1:]), np.uint8)
@@ -199,7 +230,9 @@ class ServedModel:
                                    "or non-finite probabilities")
         if batch_sizes:  # the largest single ORT call, as many at once as under load
             top = min(max(batch_sizes), self.chunk or max(batch_sizes))
-            run_at_once(self.sessions.get(top, self.session), top, WARMUP_AT_ONCE,
+            session = (self.spread_session if self.spread_session is not None
+                       and max(batch_sizes) > config.INLINE_MAX else None)
+            run_at_once(session or self.sessions.get(top, self.session), top, WARMUP_AT_ONCE,
                         self.run_options)
         return times
 
@@ -211,5 +244,8 @@ class ServedModel:
                 "recipe": m.get("recipe"), "parity": m.get("parity"), "classes": self.classes,
                 "checkpoint_sha256": m.get("checkpoint_sha256"), "labels": self.labels,
                 "provider": self.provider, "providers": self.session.get_providers(),
-                "sessions": len({id(s) for s in self.sessions.values()} | {id(self.session)}),
-                "cpu_chunk": self.chunk}
+                "sessions": len({id(s) for s in (*self.sessions.values(), self.session,
+                                                 self.spread_session) if s is not None}),
+                "cpu_chunk": self.chunk, "bulk_threads": self.spread_threads or 1,
+                "bulk_calls": {"one_thread": self.bulk_calls[0],
+                               "borrowing_idle_cores": self.bulk_calls[1]}}

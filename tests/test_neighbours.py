@@ -1,0 +1,80 @@
+"""A worker's bulk batches borrow the cores of idle neighbours (service/neighbours.py): the
+shared board of which workers have requests in progress, and a real `bentoml serve` with two
+workers whose bulk answers are the model's whether the cores were borrowed or not.
+
+    pytest tests/test_neighbours.py
+"""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+from conftest import npy
+from test_service_http import (  # noqa: F401 (store is a fixture)
+    free_port,
+    server_env,
+    start_server,
+    stop,
+    store,
+)
+
+from export.runtime import open_session, run_session
+from service.neighbours import PREFIX, Neighbours, board_folder
+
+
+def test_each_worker_sees_whether_the_others_are_busy(tmp_path):
+    board = tmp_path / "board"
+    first, second, third = (Neighbours(board, i, 3) for i in range(3))
+    assert not first.others_busy() and not third.others_busy()
+    second.mark(True)
+    assert first.others_busy() and third.others_busy()
+    assert not second.others_busy()  # its own work does not count
+    second.mark(False)
+    assert not first.others_busy()
+
+
+def test_a_replacement_worker_clears_the_byte_its_predecessor_left_busy(tmp_path):
+    board = tmp_path / "board"
+    first, dying = Neighbours(board, 0, 2), Neighbours(board, 1, 2)
+    dying.mark(True)  # and the process is killed before it marks itself idle
+    assert first.others_busy()
+    Neighbours(board, 1, 2)
+    assert not first.others_busy()
+
+
+@pytest.mark.parametrize("index,workers", [(None, 2), (2, 2), (0, 1)])
+def test_without_a_place_on_a_board_everyone_counts_as_busy(tmp_path, index, workers):
+    """Outside `bentoml serve`, or with one worker: nothing to borrow, one thread as before."""
+    alone = Neighbours(tmp_path / "board", index, workers)
+    alone.mark(True)
+    assert alone.others_busy()
+
+
+@pytest.fixture(scope="module")
+def two_workers(store, tmp_path_factory):
+    env = server_env(store, CIFAR2_WORKERS="2", CIFAR2_CPU_CHUNK="16")
+    proc, url = start_server(env, free_port(), tmp_path_factory.mktemp("nb") / "serve.log")
+    with httpx.Client(base_url=url, timeout=30) as client:
+        yield proc, client
+    stop(proc)
+
+
+def test_a_lone_bulk_request_borrows_the_idle_core_and_answers_the_same(two_workers, store):
+    proc, client = two_workers
+    board = board_folder() / f"{PREFIX}{proc.pid}"
+    assert board.stat().st_size == 2  # one byte per worker, named by the server's process
+    x = np.random.default_rng(7).integers(0, 256, (200, 3, 32, 32), dtype=np.uint8)
+    before = client.get("/info").json()["models"]["convnet"]
+    assert before["bulk_threads"] == 2 and before["sessions"] == 2
+    # One client, one request at a time: the other worker is idle, and the keep-alive
+    # connection brings /info back to the worker that served the request.
+    r = client.post("/predict", content=npy(x), headers={"Content-Type": "application/x-npy"})
+    assert r.status_code == 200, r.text
+    after = client.get("/info").json()["models"]["convnet"]
+    borrowed = (after["bulk_calls"]["borrowing_idle_cores"]
+                - before["bulk_calls"]["borrowing_idle_cores"])
+    assert borrowed >= 200 // 16, (before, after)  # calls of 16 images, the cores borrowed
+    name, version = after["tag"].split(":")
+    sess, _ = open_session(store / "models" / name / version / "model.onnx", "cpu")
+    np.testing.assert_allclose(np.array(r.json()), run_session(sess, x)[1], atol=1e-6)
