@@ -72,9 +72,10 @@ CPU_CHUNK = _int("CIFAR2_CPU_CHUNK", 64)
 # (service/batcher.py); 0 = every model call in a thread.
 INLINE_MAX = _int("CIFAR2_INLINE_MAX", 32)
 # ORT threads of a batch bigger than CIFAR2_INLINE_MAX on the CPU provider while every other
-# worker is idle: a client's connections can all land on one worker, which then borrows the
-# idle cores (service/neighbours.py). Default: one per worker; 1 = never borrow.
-BULK_THREADS = _int("CIFAR2_BULK_THREADS", 0) or WORKERS
+# worker is idle, and 1/CIFAR2_WORKERS of them while not: a client's connections can all land
+# on one worker, which then borrows the idle cores (service/neighbours.py, service/runtime.py
+# bulk_threads). 0 (default) = the CPUs the process may use; 1 = one thread, never borrow.
+BULK_THREADS = _int("CIFAR2_BULK_THREADS", 0)
 # Model calls in flight at once per worker and model (natural batching, service/batcher.py).
 BATCH_CONCURRENCY = _int("CIFAR2_BATCH_CONCURRENCY", 2)
 # A request (BentoML's traffic timeout) or a model call (service.batcher) running longer gets 504.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -98,14 +100,30 @@ def thread_calls(provider: str) -> int:
     return 1 if provider == CPU else config.BATCH_CONCURRENCY
 
 
-def spread_threads(provider: str) -> int:
-    """ORT threads of a batch bigger than CIFAR2_INLINE_MAX (one that runs in a thread) while
-    the other workers are idle, or 0 for no such session. Only on the CPU, where a worker has
-    one thread: when a client's connections all land on one worker, it ran on one core while
-    the other idled (service/neighbours.py says why, and when the session is used). It does not
-    spin, so a neighbour that gets work has its core back at once."""
-    threads = config.BULK_THREADS if provider == CPU else 1
-    return threads if threads > 1 else 0
+def usable_cores() -> int:
+    """CPUs this process may run on: its affinity, capped by a cgroup v2 CPU quota (a
+    container's --cpus, a Kubernetes CPU limit)."""
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def bulk_threads(provider: str) -> tuple[int, int]:
+    """ORT threads of a batch bigger than CIFAR2_INLINE_MAX (one that runs in a thread) on the
+    CPU: (its share of the cores while other workers have requests in progress, all of
+    CIFAR2_BULK_THREADS while every other worker is idle). A client's connections can all land
+    on one worker, which then borrows the idle cores (service/neighbours.py says why, and when).
+    On a 2-core machine with 2 workers: (1, 2); on 16 cores: (8, 16). (0, 0) on CUDA."""
+    if provider != CPU:
+        return 0, 0
+    borrow = config.BULK_THREADS or usable_cores()
+    return max(1, borrow // max(1, config.WORKERS)), borrow
 
 
 def per_shape_sessions(provider: str) -> bool:
@@ -168,30 +186,37 @@ class ServedModel:
                 self.sessions[b] = open_serving_session(path, device, threads)[0]
         # Largest ORT call on the CPU (CIFAR2_CPU_CHUNK); 0: a batch is one call.
         self.chunk = config.CPU_CHUNK if self.provider == CPU else 0
-        # Batches that run in a thread get a session that can use more cores (spread_threads);
-        # the event loop's small batches keep the one-thread session.
-        self.spread_threads = spread_threads(self.provider)
-        self.spread_session = (open_serving_session(path, device, self.spread_threads,
+        # Batches that run in a thread get sessions of their own (bulk_threads): one for the
+        # worker's share of the cores, one for all of them while the other workers are idle.
+        # Neither spins, so a neighbour that gets work has its cores back at once. The event
+        # loop's small batches keep the model's session.
+        self.share_threads, self.borrow_threads = bulk_threads(self.provider)
+        self.share_session = (open_serving_session(path, device, self.share_threads,
+                                                   spin=False)[0]
+                              if self.share_threads > max(1, threads) else self.session)
+        self.borrow_session = (open_serving_session(path, device, self.borrow_threads,
                                                     spin=False)[0]
-                               if self.spread_threads else None)
-        self.bulk_calls = [0, 0]  # ORT calls of such batches: [on one thread, borrowing]
+                               if self.borrow_threads > self.share_threads else None)
+        self.bulk_calls = [0, 0]  # ORT calls of such batches: [on its share, borrowing]
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N,3,32,32] -> (logits, probabilities), float32 [N,2] each."""
-        spread = self.spread_session is not None and len(images) > config.INLINE_MAX
+        bulk = self.share_threads > 0 and len(images) > config.INLINE_MAX
         if self.chunk and len(images) > self.chunk:
-            parts = [self._call(images[a:a + self.chunk], self._spread_or_none(spread))
+            parts = [self._call(images[a:a + self.chunk], self._bulk_session(bulk))
                      for a in range(0, len(images), self.chunk)]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        return self._call(images, self._spread_or_none(spread))
+        return self._call(images, self._bulk_session(bulk))
 
-    def _spread_or_none(self, spread: bool):
-        """The wider session while every other worker is idle (service/neighbours.py)."""
-        if not spread:
+    def _bulk_session(self, bulk: bool):
+        """For a call of a bulk batch: the session for all the cores while every other worker
+        is idle (service/neighbours.py), else the one for this worker's share. Asked again
+        before each call, so a batch gives borrowed cores back within one call."""
+        if not bulk:
             return None
-        borrow = not neighbours().others_busy()
+        borrow = self.borrow_session is not None and not neighbours().others_busy()
         self.bulk_calls[borrow] += 1
-        return self.spread_session if borrow else None
+        return self.borrow_session if borrow else self.share_session
 
     def _call(self, images: np.ndarray, session=None) -> tuple[np.ndarray, np.ndarray]:
         """One ORT call, on ``session`` or else on the session of the images' padding bucket."""
@@ -230,8 +255,8 @@ class ServedModel:
                                    "or non-finite probabilities")
         if batch_sizes:  # the largest single ORT call, as many at once as under load
             top = min(max(batch_sizes), self.chunk or max(batch_sizes))
-            session = (self.spread_session if self.spread_session is not None
-                       and max(batch_sizes) > config.INLINE_MAX else None)
+            session = self._bulk_session(self.share_threads > 0
+                                         and max(batch_sizes) > config.INLINE_MAX)
             run_at_once(session or self.sessions.get(top, self.session), top, WARMUP_AT_ONCE,
                         self.run_options)
         return times
@@ -245,7 +270,10 @@ class ServedModel:
                 "checkpoint_sha256": m.get("checkpoint_sha256"), "labels": self.labels,
                 "provider": self.provider, "providers": self.session.get_providers(),
                 "sessions": len({id(s) for s in (*self.sessions.values(), self.session,
-                                                 self.spread_session) if s is not None}),
-                "cpu_chunk": self.chunk, "bulk_threads": self.spread_threads or 1,
-                "bulk_calls": {"one_thread": self.bulk_calls[0],
+                                                 self.share_session, self.borrow_session)
+                                 if s is not None}),
+                "cpu_chunk": self.chunk,
+                "bulk_threads": {"own_share": self.share_threads,
+                                 "borrowing_idle_cores": self.borrow_threads},
+                "bulk_calls": {"own_share": self.bulk_calls[0],
                                "borrowing_idle_cores": self.bulk_calls[1]}}

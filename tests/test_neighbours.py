@@ -7,6 +7,8 @@ workers whose bulk answers are the model's whether the cores were borrowed or no
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import numpy as np
 import pytest
@@ -20,7 +22,9 @@ from test_service_http import (  # noqa: F401 (store is a fixture)
 )
 
 from export.runtime import open_session, run_session
+from service import config
 from service.neighbours import PREFIX, Neighbours, board_folder
+from service.runtime import bulk_threads, usable_cores
 
 
 def test_each_worker_sees_whether_the_others_are_busy(tmp_path):
@@ -51,9 +55,23 @@ def test_without_a_place_on_a_board_everyone_counts_as_busy(tmp_path, index, wor
     assert alone.others_busy()
 
 
+@pytest.mark.parametrize("bulk,workers,want", [(16, 2, (8, 16)), (2, 2, (1, 2)), (1, 2, (1, 1)),
+                                               (3, 4, (1, 3))])
+def test_a_bulk_batch_uses_its_share_of_the_cores_or_all_of_them(monkeypatch, bulk, workers,
+                                                                   want):
+    monkeypatch.setattr(config, "BULK_THREADS", bulk)
+    monkeypatch.setattr(config, "WORKERS", workers)
+    assert bulk_threads("CPUExecutionProvider") == want
+    assert bulk_threads("CUDAExecutionProvider") == (0, 0)  # a CUDA call mostly waits
+
+
+def test_usable_cores_is_within_what_the_machine_has():
+    assert 1 <= usable_cores() <= (os.cpu_count() or 1)
+
+
 @pytest.fixture(scope="module")
 def two_workers(store, tmp_path_factory):
-    env = server_env(store, CIFAR2_WORKERS="2", CIFAR2_CPU_CHUNK="16")
+    env = server_env(store, CIFAR2_WORKERS="2", CIFAR2_CPU_CHUNK="16", CIFAR2_BULK_THREADS="2")
     proc, url = start_server(env, free_port(), tmp_path_factory.mktemp("nb") / "serve.log")
     with httpx.Client(base_url=url, timeout=30) as client:
         yield proc, client
@@ -66,7 +84,9 @@ def test_a_lone_bulk_request_borrows_the_idle_core_and_answers_the_same(two_work
     assert board.stat().st_size == 2  # one byte per worker, named by the server's process
     x = np.random.default_rng(7).integers(0, 256, (200, 3, 32, 32), dtype=np.uint8)
     before = client.get("/info").json()["models"]["convnet"]
-    assert before["bulk_threads"] == 2 and before["sessions"] == 2
+    # Its share of 2 cores is 1 thread (the model's own session); borrowing, 2 (a second one).
+    assert before["bulk_threads"] == {"own_share": 1, "borrowing_idle_cores": 2}
+    assert before["sessions"] == 2
     # One client, one request at a time: the other worker is idle, and the keep-alive
     # connection brings /info back to the worker that served the request.
     r = client.post("/predict", content=npy(x), headers={"Content-Type": "application/x-npy"})

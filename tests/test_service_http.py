@@ -133,7 +133,11 @@ def test_probes_info_and_no_torch(server, store):
     assert info["models"]["dense"]["params"] == 1574402
     assert set(info["warmup_ms"]["convnet"]) == {"1", "8", "64", "256", "1024"}
     assert info["batching"]["padded_to"] == {"convnet": [], "dense": []}  # none on the CPU
-    assert info["models"]["convnet"]["sessions"] == 1  # one session for every shape
+    # One session for every shape, and one more for bulk batches where the worker's share of
+    # the cores is more than one thread (one worker here: all of them).
+    share = conv["bulk_threads"]["own_share"]
+    assert share == conv["bulk_threads"]["borrowing_idle_cores"] >= 1
+    assert conv["sessions"] == 1 + (share > 1)
     assert info["models"]["convnet"]["cpu_chunk"] == 64  # bulk batches run 64 images a call
     assert info["batching"]["natural"]["convnet"]["thread_calls"] == 1  # one big call a time
     assert info["batching"]["inline_max"] == 32

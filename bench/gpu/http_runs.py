@@ -184,7 +184,7 @@ def serve_and_load(device: str, bundle: Path, served: dict, cells: list[dict], s
                 r = loadgen.run(base + path, body, headers, cell["concurrency"], seconds,
                                 processes)
                 time.sleep(FLUSH_S)
-                row.update(status="measured", **r, images_per_s=r["rps"] * cell["images"],
+                row.update(status="measured", **r, images_per_s=r["ok_rps"] * cell["images"],
                            server=server_means(before, server_sums(base)))
             out["cells"].append(row)
     finally:

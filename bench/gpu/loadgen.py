@@ -7,8 +7,9 @@ without wrk: the GPU machine may have none, and nothing can be installed there.
 Each connection sends the request, reads the whole reply (Content-Length or chunked), records
 the latency and sends again, until the time is up. Connections are split over --processes
 worker processes so that the client is not the bottleneck; the parent merges their counts and
-latencies. Prints one JSON line: requests, rps, p50_ms, p99_ms, errors (non-2xx replies and
-broken connections), unanswered (no reply GRACE_S after the end), statuses.
+latencies. Prints one JSON line: requests, rps (replies), ok_rps (2xx replies), p50_ms, p99_ms,
+errors (non-2xx replies and broken connections), unanswered (no reply GRACE_S after the end),
+statuses.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ async def _connection(host, port, request, deadline, latencies, statuses) -> tup
             status = await asyncio.wait_for(_read_reply(reader),
                                             timeout=deadline + GRACE_S - time.perf_counter())
             end = time.perf_counter()
-            latencies.append((end, end - t0))
+            latencies.append((end, end - t0, 200 <= status < 300))
             statuses[status] = statuses.get(status, 0) + 1
             errors += not 200 <= status < 300
         except asyncio.TimeoutError:  # (an OSError too: caught first)
@@ -87,7 +88,7 @@ async def _connection(host, port, request, deadline, latencies, statuses) -> tup
 
 async def _worker(url, body, headers, connections, seconds) -> dict:
     host, port, request = request_bytes(url, body, headers)
-    latencies: list[tuple[float, float]] = []  # (end, latency) per reply
+    latencies: list[tuple[float, float, bool]] = []  # (end, latency, 2xx) per reply
     statuses: dict[int, int] = {}
     t0 = time.perf_counter()
     deadline = t0 + seconds
@@ -95,10 +96,12 @@ async def _worker(url, body, headers, connections, seconds) -> dict:
                                                 statuses) for _ in range(connections)))
     # The rate counts the replies that came within the run's time; one late reply (or a hung
     # request waiting out GRACE_S) must not stretch the window it is divided by.
-    in_time = sum(1 for end, _ in latencies if end <= deadline)
-    return {"seconds": seconds, "in_time": in_time, "errors": sum(c[0] for c in counts),
+    in_time = sum(1 for end, _, _ in latencies if end <= deadline)
+    ok_in_time = sum(1 for end, _, ok in latencies if ok and end <= deadline)
+    return {"seconds": seconds, "in_time": in_time, "ok_in_time": ok_in_time,
+            "errors": sum(c[0] for c in counts),
             "unanswered": sum(c[1] for c in counts),
-            "statuses": statuses, "latencies": [lat for _, lat in latencies],
+            "statuses": statuses, "latencies": [lat for _, lat, _ in latencies],
             "overrun_s": time.perf_counter() - deadline}
 
 
@@ -134,6 +137,8 @@ def summarize(parts: list[dict], latencies: np.ndarray, concurrency: int) -> dic
     ms = latencies * 1000 if len(latencies) else np.array([np.nan])
     return {"concurrency": concurrency, "requests": len(latencies), "seconds": seconds,
             "rps": sum(p["in_time"] for p in parts) / seconds,
+            # Only 2xx replies did the work: images/s counts these (a 503 is answered quickly).
+            "ok_rps": sum(p.get("ok_in_time", p["in_time"]) for p in parts) / seconds,
             "overrun_s": max(p["overrun_s"] for p in parts), "p50_ms": float(np.percentile(ms, 50)),
             "p99_ms": float(np.percentile(ms, 99)), "errors": sum(p["errors"] for p in parts),
             "unanswered": sum(p["unanswered"] for p in parts),

@@ -148,8 +148,16 @@ def server_md(server: dict | None) -> str:
         ("images_per_call", "{:.1f}")))
 
 
+def errors_md(cell: dict) -> str:
+    """The error count, and which statuses they were: "519 (503: 519)"."""
+    bad = {k: v for k, v in (cell.get("statuses") or {}).items() if not 200 <= int(k) < 300}
+    if not cell["errors"] or not bad:
+        return str(cell["errors"])
+    return f"{cell['errors']} ({', '.join(f'{k}: {v}' for k, v in sorted(bad.items()))})"
+
+
 def http_md(http: dict) -> list[str]:
-    lines = [("| device | request | c | req/s | images/s | p50 ms | p99 ms | errors | no reply | "
+    lines = [("| device | request | c | req/s | images/s (2xx) | p50 ms | p99 ms | errors | no reply | "
               "server ms | queue ms | model ms | images per call |"),
              "| --- | --- |" + " ---: |" * 11]
     for device, run in http["runs"].items():
@@ -163,7 +171,7 @@ def http_md(http: dict) -> list[str]:
             else:
                 lines.append(f"| {device} | {c['request']} | {c['concurrency']} | {c['rps']:,.0f}"
                              f" | {c['images_per_s']:,.0f} | {c['p50_ms']:.1f} | "
-                             f"{c['p99_ms']:.1f} | {c['errors']} | {c.get('unanswered', 0)} | "
+                             f"{c['p99_ms']:.1f} | {errors_md(c)} | {c.get('unanswered', 0)} | "
                              f"{server_md(c.get('server'))} |")
     ratios = http.get("cuda_over_cpu") or {}
     lines += ["", "CUDA over CPU, images/s: " + (", ".join(
