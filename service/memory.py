@@ -21,15 +21,15 @@ Here:
   on purpose: the arena places a tensor in the smallest free block that fits, and while an added
   region was the smaller one, every small batch's outputs (still held when its run ends) landed
   there and kept it alive;
-- glibc serves blocks from ``MMAP_THRESHOLD`` up with mmap, at a fixed threshold: by default it
-  raises the threshold to the size of each mmapped block freed (up to 32 MB), so the next such
-  blocks came from the heap and their freed memory stayed in the process, fragmented.
-- glibc keeps up to ``TRIM_THRESHOLD`` of freed memory at the top of the heap instead of its
-  default 128 KiB (which a fixed mmap threshold also fixes): a bulk request's body (1,024
-  images are a 3 MiB join of its pieces) was given back to the kernel as soon as it was freed,
-  so the next one faulted in its ~750 pages again, and the copies around it as many more:
-  ~1,500 page faults per request, ~10% of a worker's time under bulk load (`perf stat -e
-  page-faults` on the workers). The periodic trim below still gives that memory back.
+- glibc serves blocks from ``MMAP_THRESHOLD`` up with mmap, at a fixed threshold (by default
+  it moves the threshold to the size of each mmapped block freed), and keeps up to
+  ``TRIM_THRESHOLD`` of freed memory at the top of its heap instead of 128 KiB. A bulk
+  request's body (1,024 images are a 3 MiB join of its pieces, 4,096 images 12 MiB) was given
+  back to the kernel as soon as it was freed, so the next one faulted in its pages again, and
+  the copies around it as many more: ~1,500 page faults per 1,024-image request, ~10% of a
+  worker's time under bulk load, and ~4,700 per 4,096-image one (`perf stat -e page-faults`
+  on the workers). The threshold is above the largest body (CIFAR2_MAX_BODY_MB, 16), and the
+  periodic trim below gives that memory back.
 - every ``TRIM_EVERY_S`` a thread calls glibc's malloc_trim: the main heap still kept the
   freed middle parts of request buffers (its [heap] mapping grew 32 -> 58 MiB in 3.5 minutes at
   70% load, and malloc_trim took it back to 32), which the soak counted as growth.
@@ -59,7 +59,7 @@ MiB = 1 << 20
 # call on the CPU is 64 images, and a worker touches a small part of it.
 KEEP_BYTES = 512 * MiB
 GROW_BYTES = 256 * MiB
-MMAP_THRESHOLD = 4 * MiB
+MMAP_THRESHOLD = 32 * MiB
 TRIM_THRESHOLD = 64 * MiB
 TRIM_EVERY_S = 10.0
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
