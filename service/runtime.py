@@ -187,13 +187,13 @@ class ServedModel:
         # Largest ORT call on the CPU (CIFAR2_CPU_CHUNK); 0: a batch is one call.
         self.chunk = config.CPU_CHUNK if self.provider == CPU else 0
         # Batches that run in a thread get sessions of their own (bulk_threads): one for the
-        # worker's share of the cores, one for all of them while the other workers are idle.
-        # Neither spins, so a neighbour that gets work has its cores back at once. The event
-        # loop's small batches keep the model's session.
+        # worker's share of the cores (None where that is the model's one thread), one for all
+        # of them while the other workers are idle. Neither spins, so a neighbour that gets
+        # work has its cores back at once. The event loop's small batches keep the model's.
         self.share_threads, self.borrow_threads = bulk_threads(self.provider)
         self.share_session = (open_serving_session(path, device, self.share_threads,
                                                    spin=False)[0]
-                              if self.share_threads > max(1, threads) else self.session)
+                              if self.share_threads > max(1, threads) else None)
         self.borrow_session = (open_serving_session(path, device, self.borrow_threads,
                                                     spin=False)[0]
                                if self.borrow_threads > self.share_threads else None)
@@ -210,8 +210,9 @@ class ServedModel:
 
     def _bulk_session(self, bulk: bool):
         """For a call of a bulk batch: the session for all the cores while every other worker
-        is idle (service/neighbours.py), else the one for this worker's share. Asked again
-        before each call, so a batch gives borrowed cores back within one call."""
+        is idle (service/neighbours.py), else the one for this worker's share (None: the
+        model's own). Asked again before each call, so a batch gives borrowed cores back within
+        one call."""
         if not bulk:
             return None
         borrow = self.borrow_session is not None and not neighbours().others_busy()
@@ -255,10 +256,11 @@ class ServedModel:
                                    "or non-finite probabilities")
         if batch_sizes:  # the largest single ORT call, as many at once as under load
             top = min(max(batch_sizes), self.chunk or max(batch_sizes))
-            session = self._bulk_session(self.share_threads > 0
-                                         and max(batch_sizes) > config.INLINE_MAX)
-            run_at_once(session or self.sessions.get(top, self.session), top, WARMUP_AT_ONCE,
-                        self.run_options)
+            sessions = [self.share_session or self.sessions.get(top, self.session)]
+            if self.borrow_session is not None and max(batch_sizes) > config.INLINE_MAX:
+                sessions.append(self.borrow_session)
+            for session in sessions:
+                run_at_once(session, top, WARMUP_AT_ONCE, self.run_options)
         return times
 
     def card(self) -> dict:
