@@ -73,11 +73,14 @@ def neighbours() -> Neighbours:
 
     index = server_context.worker_index  # 1-based under `bentoml serve`, else None
     folder = board_folder()
-    if Path("/proc").is_dir():
-        for old in folder.glob(PREFIX + "*"):  # boards of servers that are gone
-            pid = old.name[len(PREFIX):]
-            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                old.unlink(missing_ok=True)
+    try:
+        if Path("/proc").is_dir():
+            for old in folder.glob(PREFIX + "*"):  # boards of servers that are gone
+                pid = old.name[len(PREFIX):]
+                if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                    old.unlink(missing_ok=True)
+    except OSError:  # another user's board, say: not ours to tidy
+        pass
     try:
         return Neighbours(folder / f"{PREFIX}{os.getppid()}",
                           None if index is None else index - 1, config.WORKERS)
