@@ -23,6 +23,7 @@ from test_service_http import (  # noqa: F401 (store is a fixture)
 
 from export.runtime import open_session, run_session
 from service import config
+from service import neighbours as neighbours_module
 from service.neighbours import PREFIX, Neighbours, board_folder
 from service.runtime import bulk_threads, usable_cores
 
@@ -53,6 +54,16 @@ def test_without_a_place_on_a_board_everyone_counts_as_busy(tmp_path, index, wor
     alone = Neighbours(tmp_path / "board", index, workers)
     alone.mark(True)
     assert alone.others_busy()
+
+
+def test_boards_of_servers_that_are_gone_are_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(neighbours_module, "board_folder", lambda: tmp_path)
+    gone, alive = tmp_path / f"{PREFIX}999999999", tmp_path / f"{PREFIX}{os.getpid()}"
+    gone.write_bytes(b"\1\1")
+    alive.write_bytes(b"\0\0")
+    board = neighbours_module.neighbours.__wrapped__()  # not the worker's cached one
+    assert board.others_busy()  # outside `bentoml serve`: nothing to borrow
+    assert not gone.exists() and alive.exists()
 
 
 @pytest.mark.parametrize("bulk,workers,want", [(16, 2, (8, 16)), (2, 2, (1, 2)), (1, 2, (1, 1)),
