@@ -6,18 +6,19 @@ small shared memory file, so that a worker's bulk batch can borrow their cores w
     neighbours().others_busy()     # before each ORT call of a bulk batch (service/runtime.py)
 
 Why: BentoML's workers accept on one shared socket, and the kernel hands each new connection
-to whichever worker accepts first. A client's few connections often all land on one worker:
-of 6 runs of wrk with 4 connections, 1 put all 4 on one worker, and bulk /predict ran at 45
-instead of ~80 requests/s, one core working and one idle. A worker with one ORT thread cannot
-use the idle core. A session with more threads for bulk batches can, but when both workers are
-busy it only makes them fight over the cores (84 -> 69 requests/s at c=2 with the connections
-split evenly). So a worker uses the wider session only while every other worker has nothing in
+to whichever worker accepts first. A client's few connections can all land on one worker:
+of 6 runs of wrk with 4 connections (`ss -tnp` on the port during each), 1 put all 4 on one
+worker, and bulk /predict ran at 45 instead of ~80 requests/s, one core working and one idle.
+A worker with one ORT thread cannot use the idle core. A session with more threads for every
+bulk batch can, but when both workers are busy it only makes them fight over the cores (84 ->
+69 requests/s at c=2 with the connections split evenly, `python -m bench.ab_http` against
+that variant, not kept). So a worker uses the wider session only while every other worker has nothing in
 progress, checked before each ORT call of a batch (CIFAR2_CPU_CHUNK images, ~1.3 ms), so it
 gives the cores back within one call once a neighbour gets work.
 
 The file is /dev/shm/cifar2-workers-<pid of the server process> (the workers' parent), with
 CIFAR2_WORKERS bytes. A worker that dies busy leaves its byte set until its replacement starts:
-its neighbours then keep to one thread, the behaviour without this module. Outside
+its neighbours then keep to their own share of the cores, as without this module. Outside
 `bentoml serve` (no worker index) every neighbour counts as busy, so nothing is borrowed.
 """
 
