@@ -271,3 +271,13 @@ def test_library_paths_in_the_report_name_no_machine_folder(tmp_path, monkeypatc
         "nvidia/cu13/lib/libcudart.so.13"
     assert short_path("/usr/lib/libcuda.so.1") == "/usr/lib/libcuda.so.1"
     assert short_path(None) is None
+
+
+def test_a_batch_above_every_cuda_graph_bucket_is_not_timed_in_the_largest():
+    """A graph replays one shape: batch 32,768 with buckets up to 1,024 once ran 1,024 images
+    and counted 32,768 (14M images/s on an H100, over the copy-in bound)."""
+    from bench.gpu.sweep import graph_buckets
+
+    assert graph_buckets([1, 3, 1024, 32768], [1, 4, 1024]) == ({1: [1], 4: [3], 1024: [1024]},
+                                                                [32768])
+    assert graph_buckets([1, 16], [4**i for i in range(9)]) == ({1: [1], 16: [16]}, [])

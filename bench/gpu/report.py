@@ -114,8 +114,8 @@ def sweep_md(rows: list[dict], limits: dict) -> list[str]:
                      f"{best['batch']:,}{pad} | {_num(lim.get('pcie'))} | "
                      f"{_pct(best['images_per_s'], lim.get('pcie'))} | {_num(lim.get(prec))} | "
                      f"{_pct(best['images_per_s'], lim.get(prec))} |")
-    # Batch sizes that failed in a mode whose other sizes ran: said under the table.
-    broken = [r for r in rows if r["status"].startswith("failed") and any(
+    # Batch sizes that failed or were skipped in a mode whose other sizes ran: said under it.
+    broken = [r for r in rows if r["status"].startswith(("failed", "skipped")) and any(
         o["status"] == "measured" for o in rows
         if (o["model"], o["precision"], o["mode"]) == (r["model"], r["precision"], r["mode"]))]
     if broken:

@@ -136,8 +136,16 @@ def failed(e: Exception) -> str:
     return f"failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
 
 
-def bucket_of(batch: int, buckets: list[int]) -> int:
-    return next((b for b in sorted(buckets) if b >= batch), max(buckets))
+def graph_buckets(sizes: list[int], buckets: list[int]) -> tuple[dict[int, list[int]], list[int]]:
+    """({bucket: the batch sizes padded up to it}, the sizes above the largest bucket). A CUDA
+    graph replays one shape; a batch bigger than every bucket has none to run in, and timing it
+    in the largest would count images that were never run."""
+    fitted: dict[int, list[int]] = {}
+    for b in sizes:
+        bucket = next((k for k in sorted(buckets) if k >= b), None)
+        if bucket is not None:
+            fitted.setdefault(bucket, []).append(b)
+    return fitted, [b for b in sizes if b > max(buckets)]
 
 
 def sweep(bundle: Path, models: list[str], device: str, sizes: list[int], buckets: list[int],
@@ -197,14 +205,20 @@ def run_mode(mode, path, device, prec, sizes, buckets, seconds, images, buffers,
         bar.update()
 
     if mode == "cuda_graph":
-        for bucket in sorted({bucket_of(b, buckets) for b in sizes}):
+        fitted, too_big = graph_buckets(sizes, buckets)
+        for bucket, batches in sorted(fitted.items()):
             sess, provider = open_session(path, "cuda", cuda_options={
                 **CUDA_OPTIONS, "enable_cuda_graph": "1"}, options=serving_session_options())
             io = buffers.bind(sess, bucket)  # fixed addresses and shape: what a graph replays
             step = buffers.step(sess, io)
-            for b in [b for b in sizes if bucket_of(b, buckets) == bucket]:
+            for b in batches:
                 cell(step, b, bucket, provider)
             del sess, io
+        for b in too_big:
+            rows.append({**key, "mode": mode, "batch": b, "padded_to": b, "provider": "",
+                         "status": f"skipped: above the largest CUDA-graph bucket, "
+                                   f"{max(buckets):,} (--buckets)"})
+            bar.update()
         return rows
     if mode == "tensorrt":
         sess, provider = trt_session(path, prec, max(sizes))
