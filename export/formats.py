@@ -18,6 +18,7 @@ import onnx
 import torch
 
 from export.graph import INPUT_NAME, OUTPUT_NAMES, example_images
+from export.optimize import pool_before_activation
 from export.runtime import RuntimeUnavailable, open_session, run_session
 
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -58,7 +59,8 @@ def export_program(graph: torch.nn.Module) -> torch.export.ExportedProgram:
 
 def write_onnx(graph: torch.nn.Module, path: Path,
                program: torch.export.ExportedProgram | None = None) -> Path:
-    """One self-contained file (no external .data), opset 18, dynamic batch, fully checked."""
+    """One self-contained file (no external .data), opset 18, dynamic batch, fully checked, with
+    the exact rewrites of export/optimize.py applied."""
     onnx_program = torch.onnx.export(
         program if program is not None else graph, (example_images(),),
         input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
@@ -66,7 +68,10 @@ def write_onnx(graph: torch.nn.Module, path: Path,
         dynamic_shapes=None if program is not None else _batch_dim(), verbose=False,
     )
     onnx_program.save(str(path), external_data=False)
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    model = onnx.load(str(path))
+    if pool_before_activation(model):
+        onnx.save(model, str(path))
+    onnx.checker.check_model(model, full_check=True)
     return path
 
 
