@@ -39,7 +39,7 @@ import threading
 import time
 
 from service import config
-from service.replies import send_json
+from service.replies import Headers, Reply
 
 logger = logging.getLogger("cifar2.drain")
 
@@ -63,9 +63,25 @@ class State:
 STATE = State()
 
 
+def refusal(scope) -> Reply | None:
+    """While draining, the readiness probes answer 503 (Connection: close); else None."""
+    if STATE.draining and scope["path"].rstrip("/") in READY_PATHS:
+        return Reply.error(503, "not ready: draining, this replica is shutting down",
+                           [(b"connection", b"close")])
+    return None
+
+
+def closing(headers: Headers) -> Headers:
+    """A reply's headers with ``Connection: close``, for replies sent while draining, so that
+    clients reconnect to another replica."""
+    return [*((k, v) for k, v in headers if k.lower() != b"connection"), (b"connection", b"close")]
+
+
 class Drain:
     """ASGI middleware: the readiness answer and Connection: close while draining, the count of
-    requests in flight, and the SIGTERM hook (installed at lifespan startup)."""
+    requests in flight, and the SIGTERM hook (installed at lifespan startup). The request layer
+    (service/routes.py) does the same for its routes with ``refusal``, ``closing`` and
+    ``STATE.in_flight``."""
 
     def __init__(self, app, drain_s: int | None = None):
         self.app = app
@@ -77,14 +93,13 @@ class Drain:
             return await self.app(scope, receive, send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if STATE.draining and scope["path"].rstrip("/") in READY_PATHS:
-            return await send_json(send, 503, {"error": "not ready: draining, this replica "
-                                               "is shutting down"}, ((b"connection", b"close"),))
+        refused = refusal(scope)
+        if refused is not None:
+            return await refused.send(send)
         STATE.in_flight += 1
-        # Replies to requests that arrive while draining say "Connection: close", so that
-        # clients reconnect to another replica. Requests already in flight when SIGTERM comes
-        # keep their connection until uvicorn's own shutdown closes it; not wrapping every
-        # request's send saves a coroutine call per message.
+        # Requests already in flight when SIGTERM comes keep their connection until uvicorn's
+        # own shutdown closes it; not wrapping every request's send saves a coroutine call per
+        # message.
         if STATE.draining:
             send = _close_when_draining(send)
         try:
@@ -96,8 +111,7 @@ class Drain:
 def _close_when_draining(send):
     async def wrapped(message):
         if message["type"] == "http.response.start":
-            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
-            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            message = {**message, "headers": closing(message.get("headers", []))}
         await send(message)
     return wrapped
 

@@ -1,19 +1,24 @@
-"""The ASGI app each worker serves: our limits, readiness gate and request layer in front of
-BentoML's app, outermost first:
+"""The ASGI app each worker serves: the request layer, then our checks in front of BentoML's app.
 
+    RequestLayer    every inference route and encoding, V2 (service/routes.py); its routes
+                    go no further, and get the checks below as plain calls, in one lane
     RequestLog      request ids, one log line per error reply (service/requestlog.py)
     RequestLimits   413 body cap, 503 load shedding before the body is read (service/limits.py)
     ReadyGate       503 until the models are loaded (service/info.py)
     Drain           SIGTERM: readiness false, lame duck, finish in-flight (service/drain.py)
-    RequestLayer    every inference route and encoding, V2 (service/routes.py)
     KnownPaths      JSON 404 for paths nobody serves (service/knownpaths.py)
-    BentoML's app   metrics, tracing, timeout, /info, IO layer, the @bentoml.api methods
+    BentoML's app   metrics, tracing, timeout, /info, /ui, probes, the @bentoml.api methods
 
 Why in front: on 2 CPU cores, BentoML's own middlewares cost more than the rest of a
 single-image request together. Its Prometheus middleware makes five multiprocess writes and
 label lookups per request, and its timeout middleware starts a task and a 60 s timer per
 request. What they did for these requests is done here instead: service/metrics.py counts
 them, the batcher has the timeout. service/routes.py says which routes the layer answers.
+
+Why one lane for the inference routes: as four middlewares, each wrapping every request's
+receive and send, the checks cost ~7 us of CPU a request, a sixth of a single-image request
+in-process (``python -m bench.asgi_path``). The same objects serve both ways: one
+RequestLimits counts every request of the worker, one RequestLog budgets every log line.
 
 Below them all, each worker's uvicorn sends every reply's headers and body in one write
 (service/onewrite.py, installed by ``front``).
@@ -32,30 +37,22 @@ from service.limits import RequestLimits
 from service.requestlog import RequestLog
 from service.routes import RequestLayer
 
-# The layers, innermost first: each wraps the app built so far. bench/asgi_path.py builds the
-# same stack less one layer, to measure what each costs.
-LAYERS = (
-    ("KnownPaths", knownpaths.KnownPaths),  # before BentoML's metrics label series by raw path
-    ("RequestLayer", lambda app: RequestLayer(app, fast_routes=config.FAST_PATH)),
-    ("Drain", drain.Drain),
-    ("ReadyGate", ReadyGate),
-    ("RequestLimits", lambda app: RequestLimits(
-        app, max_body_bytes=config.MAX_BODY_BYTES, max_in_flight=config.MAX_IN_FLIGHT,
-        max_wait_s=config.MAX_QUEUE_MS / 1000)),
-    ("RequestLog", RequestLog),
-)
 
-
-def wrap(app, without: str | None = None):
-    """``app`` inside LAYERS, less the one named ``without``."""
-    for name, layer in LAYERS:
-        if name != without:
-            app = layer(app)
-    return app
+def wrap(app, checks: bool = True):
+    """``app`` behind our layers (outermost first, as listed above). ``checks=False`` leaves
+    out everything but the request layer: bench/asgi_path.py measures what the checks cost."""
+    if not checks:
+        return RequestLayer(app, fast_routes=config.FAST_PATH)
+    limits = RequestLimits(ReadyGate(drain.Drain(knownpaths.KnownPaths(app))),
+                           max_body_bytes=config.MAX_BODY_BYTES,
+                           max_in_flight=config.MAX_IN_FLIGHT,
+                           max_wait_s=config.MAX_QUEUE_MS / 1000)
+    log = RequestLog(limits)
+    return RequestLayer(log, fast_routes=config.FAST_PATH, log=log, limits=limits)
 
 
 def front(app):
-    """Wrap BentoML's ASGI app in our front middlewares (outermost first, as listed above)."""
+    """Wrap BentoML's ASGI app in our layers."""
     onewrite.install()  # this worker's replies leave in one write each (service/onewrite.py)
     return wrap(app)
 

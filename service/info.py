@@ -11,7 +11,7 @@ from bentoml import get_current_service
 from starlette.responses import JSONResponse
 
 from service import metrics
-from service.replies import send_json
+from service.replies import Reply
 
 PATH = "/info"
 
@@ -33,19 +33,28 @@ class InfoRoute:
         await response(scope, receive, send)
 
 
+def not_ready(scope) -> Reply | None:
+    """503 with the reason for a POST while the models are not loaded (not a 500), else None.
+    The request layer (service/routes.py) asks this for its routes; ReadyGate for the rest."""
+    if scope["method"] != "POST":
+        return None
+    service = get_current_service()
+    if service is not None and service.ready:
+        return None
+    metrics.rejected("not_ready")
+    reason = getattr(service, "error", None) or "starting"
+    return Reply.error(503, f"not ready: {reason}", [(b"retry-after", b"5")])
+
+
 class ReadyGate:
-    """POSTs while the models are not loaded get 503 with the reason, not a 500.
-    In front of BentoML's app (service/frontdoor.py)."""
+    """``not_ready`` as an ASGI middleware, in front of BentoML's app (service/frontdoor.py)."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST":
-            service = get_current_service()
-            if service is None or not service.ready:
-                reason = getattr(service, "error", None) or "starting"
-                metrics.rejected("not_ready")
-                return await send_json(send, 503, {"error": f"not ready: {reason}"},
-                                       ((b"retry-after", b"5"),))
+        if scope["type"] == "http":
+            refused = not_ready(scope)
+            if refused is not None:
+                return await refused.send(send)
         return await self.app(scope, receive, send)

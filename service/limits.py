@@ -1,6 +1,6 @@
 """Request limits BentoML 1.4 does not have: a body-size cap (413) and load shedding (503).
 
-An ASGI middleware, so the checks run before BentoML parses anything:
+The checks run before anything parses the body:
 - Content-Length above the cap -> 413 at once; a chunked body is counted as it is buffered.
 - A worker that is behind (service/sojourn.py: even its quickest recent requests waited longer
   than ``max_wait_s`` between their last body byte and their reply) -> 503 with Retry-After,
@@ -12,6 +12,10 @@ An ASGI middleware, so the checks run before BentoML parses anything:
 - Any 503 the app itself sends (the batcher's admission control) gets a Retry-After header too.
 - Whether the worker has requests in progress is also on a board the other workers read
   (service/neighbours.py): an idle worker lends its core to a busy one's bulk batches.
+
+Two ways in, one set of rules: the request layer (service/routes.py) checks its own routes
+with the plain calls below, without wrapping each request's receive and send; the ASGI
+middleware applies the same calls to every other path.
 """
 
 from __future__ import annotations
@@ -20,13 +24,17 @@ from time import monotonic as now
 
 from service import metrics
 from service.neighbours import neighbours
-from service.replies import send_json
+from service.replies import Headers, Reply
 from service.sojourn import Sojourn
 
 PROBES = ("/livez", "/readyz", "/healthz", "/metrics", "/info", "/v2/health")
 
 
 class RequestLimits:
+    """The limits of one worker. ``refusal``, ``started``, ``with_retry_after`` and
+    ``finished`` are its plain calls: the request layer (service/routes.py) makes them for the
+    routes it answers, and this class's ASGI middleware makes them around every other request."""
+
     def __init__(self, app, max_body_bytes: int, max_in_flight: int, max_wait_s: float = 0,
                  retry_after_s: int = 1):
         self.app = app
@@ -36,33 +44,87 @@ class RequestLimits:
         self.retry_after = str(retry_after_s).encode()
         self.in_flight = 0
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"].startswith(PROBES):
-            return await self.app(scope, receive, send)
+    @staticmethod
+    def covers(path: str) -> bool:
+        """Whether the limits apply: not to probes and metrics, which must answer under load."""
+        return not path.startswith(PROBES)
+
+    def refusal(self, scope) -> Reply | None:
+        """The reply that turns this request away before its body is read (503: overloaded,
+        413: Content-Length over the cap), or None to let it in. Counted in /metrics."""
         if self.max_in_flight and self.in_flight >= self.max_in_flight:
-            return await self._reject(send, 503, f"server overloaded ({self.in_flight} requests "
-                                      f"in progress in this worker); retry after "
-                                      f"{self.retry_after.decode()} s")
+            return self._overloaded(f"server overloaded ({self.in_flight} requests in progress "
+                                    f"in this worker); retry after {self.retry_after.decode()} s")
         if self.sojourn.behind(self.in_flight, now()):
             waited = self.sojourn.last_min * 1000
             budget = self.sojourn.target_s * 1000
-            return await self._reject(send, 503, f"server overloaded: requests in this worker "
-                                      f"wait {waited:.0f} ms for their reply, over the "
-                                      f"{budget:g} ms budget (CIFAR2_MAX_QUEUE_MS); retry "
-                                      f"after {self.retry_after.decode()} s")
+            return self._overloaded(f"server overloaded: requests in this worker wait "
+                                    f"{waited:.0f} ms for their reply, over the {budget:g} ms "
+                                    f"budget (CIFAR2_MAX_QUEUE_MS); retry after "
+                                    f"{self.retry_after.decode()} s")
         length = _content_length(scope)
         if length is not None and length > self.max_body_bytes:
-            return await self._too_large(send, length)
-        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            return self.too_large(length)
+        return None
+
+    def too_large(self, length: int | None) -> Reply:
+        """413 for a body over the cap (``length`` None: a chunked body, counted as it came)."""
+        metrics.rejected("body_too_large")
+        got = f"{length} bytes" if length is not None else "a larger body"
+        mib = self.max_body_bytes / 2**20
+        return Reply.error(413, f"request body too large: {got}, the limit is "
+                           f"{self.max_body_bytes} bytes ({mib:g} MiB); send fewer images per "
+                           "request or raise CIFAR2_MAX_BODY_MB")
+
+    def _overloaded(self, message: str) -> Reply:
+        metrics.rejected("overloaded")
+        return Reply.error(503, message, [(b"retry-after", self.retry_after)])
+
+    def started(self) -> float:
+        """The request's body is in: it is work in progress from now. Returns the time, for
+        ``finished``. A slow upload is not work yet, so 200 clients trickling bodies at a byte
+        a second do not fill ``max_in_flight``."""
+        self.in_flight += 1
+        if self.in_flight == 1:
+            neighbours().mark(True)
+        return now()
+
+    def with_retry_after(self, status: int, headers: Headers) -> Headers:
+        """A 503's headers with Retry-After added when the app did not say (the batcher's
+        admission control); other headers as they are."""
+        if status == 503 and not any(k.lower() == b"retry-after" for k, _ in headers):
+            return [*headers, (b"retry-after", self.retry_after)]
+        return headers
+
+    def answered(self, status: int, body_done: float) -> None:
+        """A reply went out: a served one (2xx) is timed for service/sojourn.py; a 4xx is
+        answered without waiting for anything, and a 503 was turned away."""
+        if status < 300:
+            self.sojourn.answered(body_done, now())
+
+    def finished(self) -> None:
+        """The request that ``started`` is over, answered or not."""
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            neighbours().mark(False)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not self.covers(scope["path"]):
+            return await self.app(scope, receive, send)
+        refused = self.refusal(scope)
+        if refused is not None:
+            return await refused.send(send)
+        if _content_length(scope) is None and scope["method"] in ("POST", "PUT", "PATCH"):
             body = await self._buffer(receive)
             if body is None:
-                return await self._too_large(send, None)
+                return await self.too_large(None).send(send)
             receive = _replay(body)
         exchange = _Exchange(self, receive, send)
         try:
             await self.app(scope, exchange.receive, exchange.send)
         finally:
-            exchange.close()
+            if exchange.body_done is not None:
+                self.finished()
 
     async def _buffer(self, receive) -> bytes | None:
         chunks, size = [], 0
@@ -78,25 +140,10 @@ class RequestLimits:
                 break
         return b"".join(chunks)
 
-    async def _too_large(self, send, length: int | None) -> None:
-        got = f"{length} bytes" if length is not None else "a larger body"
-        mib = self.max_body_bytes / 2**20
-        await self._reject(send, 413, f"request body too large: {got}, the limit is "
-                           f"{self.max_body_bytes} bytes ({mib:g} MiB); send fewer images per "
-                           "request or raise CIFAR2_MAX_BODY_MB")
-
-    async def _reject(self, send, status: int, message: str) -> None:
-        metrics.rejected("overloaded" if status == 503 else "body_too_large")
-        headers = ((b"retry-after", self.retry_after),) if status == 503 else ()
-        await send_json(send, status, {"error": message}, headers)
-
 
 class _Exchange:
-    """One request's receive and send through the limits. It counts as in progress once its
-    body is in: a slow upload is not work yet, so 200 clients trickling bodies at a byte a
-    second do not fill ``max_in_flight``. Its sojourn (last body byte to reply) is timed for
-    service/sojourn.py when it is served: a 4xx is answered without waiting for anything, and a
-    503 was turned away (it gets Retry-After)."""
+    """One request's receive and send through the middleware: ``started`` when its body is
+    in, ``answered`` when its reply starts, Retry-After on a 503."""
 
     __slots__ = ("_receive", "_send", "body_done", "limits")
 
@@ -107,29 +154,19 @@ class _Exchange:
     async def receive(self):
         message = await self._receive()
         if self.body_done is None and not message.get("more_body", False):
-            self.body_done = now()
-            self.limits.in_flight += 1
-            if self.limits.in_flight == 1:
-                neighbours().mark(True)
+            self.body_done = self.limits.started()
         return message
 
     async def send(self, message):
         if message["type"] == "http.response.start":
             status = message["status"]
-            if status == 503:
-                headers = list(message.get("headers", []))
-                if not any(k.lower() == b"retry-after" for k, _ in headers):
-                    headers.append((b"retry-after", self.limits.retry_after))
-                message = {**message, "headers": headers}
-            elif status < 300 and self.body_done is not None:
-                self.limits.sojourn.answered(self.body_done, now())
+            headers = message.get("headers", [])
+            with_retry = self.limits.with_retry_after(status, headers)
+            if with_retry is not headers:
+                message = {**message, "headers": with_retry}
+            if self.body_done is not None:
+                self.limits.answered(status, self.body_done)
         await self._send(message)
-
-    def close(self) -> None:
-        if self.body_done is not None:
-            self.limits.in_flight -= 1
-            if self.limits.in_flight == 0:
-                neighbours().mark(False)
 
 
 def _content_length(scope) -> int | None:

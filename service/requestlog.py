@@ -18,8 +18,10 @@ A flood of bad requests must not make the log the bottleneck: at most ``LINES_PE
 lines a second per worker; the rest are counted and summed up in one line a second later. 5xx
 faults other than 503 are never suppressed.
 
-The outermost ASGI middleware of each worker (service/frontdoor.py), so that it also sees the
-413s and 503s that the limits answer before BentoML's app.
+The outermost ASGI middleware in front of BentoML's app (service/frontdoor.py), so that it also
+sees the 413s and 503s that the limits answer. The request layer (service/routes.py) does the
+same for its own routes with ``begin``, ``RequestLog.replied``, ``unhandled`` and
+``client_left``, without wrapping each request's receive and send.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ logger = logging.getLogger("cifar2.requests")
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("cifar2_request_id",
                                                                         default=None)
 LINES_PER_S = 50
-_HEADER = b"x-request-id"
+ID_HEADER = b"x-request-id"
 _MAX_ID = 128
 _KEEP = 4096  # bytes of an error body kept to read its reason
 
@@ -63,8 +65,7 @@ class RequestLog:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        rid = _client_id(scope) or _new_id()
-        token = request_id.set(rid)
+        rid, token = begin(scope)
         t0 = time.perf_counter()
         state = {"status": None, "body": b"", "disconnected": False}
 
@@ -78,9 +79,9 @@ class RequestLog:
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
                 headers = message.get("headers") or []
-                own = next((v for k, v in headers if k.lower() == _HEADER), None)
+                own = next((v for k, v in headers if k.lower() == ID_HEADER), None)
                 if own is None:
-                    message = {**message, "headers": [*headers, (_HEADER, rid.encode())]}
+                    message = {**message, "headers": [*headers, (ID_HEADER, rid.encode())]}
                 else:  # the app chose the id (e.g. the V2 layer); log that one
                     state["rid"] = own.decode("latin-1")
             elif state["status"] and state["status"] >= 400 and len(state["body"]) < _KEEP:
@@ -89,12 +90,10 @@ class RequestLog:
 
         try:
             await self.app(scope, receive_, send_)
-        except Exception:  # the last stop: log it once, with the id, and answer if we still can
-            logger.exception("%s %s %d unhandled exception request_id=%s ms=%.1f",
-                             scope["method"], _clean(scope["path"]), state["status"] or 500,
-                             rid, (time.perf_counter() - t0) * 1e3)
+        except Exception:  # noqa: BLE001 - the last stop: logged once (unhandled), answered if we can
+            unhandled(scope, state["status"], rid, t0)
             if state["status"] is None and not state["disconnected"]:
-                await _send_500(send, rid)
+                await send_500(send, rid)
             return None
         finally:
             request_id.reset(token)
@@ -103,17 +102,17 @@ class RequestLog:
             # Nothing was sent: the client left before the reply (not a server fault), or the
             # app returned without answering, which is one.
             if state["disconnected"]:
-                logger.info("%s %s: client disconnected before the reply request_id=%s",
-                            scope["method"], _clean(scope["path"]), rid)
+                client_left(scope, rid)
             else:
-                await _send_500(send, rid)
+                await send_500(send, rid)
                 logger.error("%s %s 500 the app returned without a reply request_id=%s",
                              scope["method"], _clean(scope["path"]), rid)
         elif status >= 400:
-            self._log(scope, status, state["body"], state.get("rid", rid), t0)
+            self.replied(scope, status, state["body"], state.get("rid", rid), t0)
         return None
 
-    def _log(self, scope, status: int, body: bytes, rid: str, t0: float) -> None:
+    def replied(self, scope, status: int, body: bytes, rid: str, t0: float) -> None:
+        """The line for an error reply (status >= 400; ``body`` its start), within budget."""
         if scope["path"].startswith(("/readyz", "/livez", "/healthz")) and status == 503:
             return  # a probe saying "not ready" is its job; the reason was logged at start
         fault = status >= 500 and status != 503
@@ -191,9 +190,27 @@ def quiet_dropped_access_lines() -> None:
         access.propagate = False
 
 
+def begin(scope) -> tuple[str, contextvars.Token]:
+    """The request's id (the client's, or a new one), set for the log records made while it
+    is handled; ``request_id.reset(token)`` when it is done."""
+    rid = _client_id(scope) or _new_id()
+    return rid, request_id.set(rid)
+
+
+def unhandled(scope, status: int | None, rid: str, t0: float) -> None:
+    """Log an exception nothing else caught, once, with the id (inside ``except``)."""
+    logger.exception("%s %s %d unhandled exception request_id=%s ms=%.1f", scope["method"],
+                     _clean(scope["path"]), status or 500, rid, (time.perf_counter() - t0) * 1e3)
+
+
+def client_left(scope, rid: str) -> None:
+    logger.info("%s %s: client disconnected before the reply request_id=%s",
+                scope["method"], _clean(scope["path"]), rid)
+
+
 def _client_id(scope) -> str | None:
     for key, value in scope["headers"]:
-        if key == _HEADER:
+        if key == ID_HEADER:
             text = value.decode("latin-1")
             if 0 < len(text) <= _MAX_ID and text.isascii() and text.isprintable() \
                     and " " not in text:
@@ -230,11 +247,11 @@ def _clean(path: str, limit: int = 200) -> str:
     return path if path.isprintable() else path.encode("unicode_escape").decode("ascii")
 
 
-async def _send_500(send, rid: str) -> None:
+async def send_500(send, rid: str) -> None:
     body = json.dumps({"error": f"internal server error; the server log has the details "
                                 f"under request_id={rid}"}).encode()
     await send({"type": "http.response.start", "status": 500,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
-                            (_HEADER, rid.encode())]})
+                            (ID_HEADER, rid.encode())]})
     await send({"type": "http.response.body", "body": body})

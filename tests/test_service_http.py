@@ -292,12 +292,12 @@ def test_metrics_and_openapi(server):
 def test_requests_in_front_of_bentoml_are_counted_in_metrics(server):
     """The request layer and the limits answer before BentoML's metrics middleware; they count
     their own requests, and every request's batch size and model time, on the same /metrics
-    page."""
+    page. A request the limits refuse counts under its route too (the 413)."""
     ok, bad = npy(X[:1]), b"not an npy file"
 
     def counts():
         return ([metric(server, "cifar2_request_total", route="/predict", http_response_code=c)
-                 for c in ("200", "400")]
+                 for c in ("200", "400", "413")]
                 + [metric(server, "cifar2_request_duration_seconds_count", route="/predict"),
                    metric(server, "cifar2_batch_size_count", route="/predict"),
                    metric(server, "cifar2_batch_size_count", route="/classify"),
@@ -316,7 +316,7 @@ def test_requests_in_front_of_bentoml_are_counted_in_metrics(server):
     server.post("/classify", files=files(png()))
     server.post("/predict", content=b"\0" * (16 * 2**20 + 1),
                 headers={"content-type": "application/x-npy"})
-    want = [3, 2, 5, 3, 1, 3, 1]
+    want = [3, 2, 1, 6, 3, 1, 3, 1]
     deadline = time.monotonic() + 3  # a worker writes what it recorded within 50 ms
     while (got := [b - a for a, b in zip(before, counts())]) != want \
             and time.monotonic() < deadline:

@@ -333,17 +333,19 @@ def test_request_layer_answers_json_for_success_timeout_and_model_failure(
         assert (b"x-batch-size", b"2") in reply.headers
 
 
-def test_front_door_puts_limits_gate_and_request_layer_before_bentoml():
+def test_front_door_puts_request_layer_then_checks_before_bentoml():
+    """The request layer first, making the checks itself with the same RequestLog and
+    RequestLimits that guard every other path, then those checks, then BentoML's app."""
     from service.service import CIFAR2
 
-    app = CIFAR2.to_asgi(is_main=True)
-    chain = []
+    front = CIFAR2.to_asgi(is_main=True)
+    app, chain = front, []
     while type(app).__module__.startswith("service."):
         chain.append(type(app).__name__)
         app = app.app
-    order = [chain.index(name)
-             for name in ("RequestLimits", "ReadyGate", "RequestLayer", "KnownPaths")]
-    assert order == sorted(order) and chain[-1] == "KnownPaths"
+    assert chain == ["RequestLayer", "RequestLog", "RequestLimits", "ReadyGate", "Drain",
+                     "KnownPaths"]
+    assert front.log is front.app and front.limits is front.app.app
     assert isinstance(app, Starlette)  # BentoML's app, with its own middlewares, comes next
 
 
