@@ -12,9 +12,12 @@ worker, and bulk /predict ran at 45 instead of ~80 requests/s, one core working 
 A worker with one ORT thread cannot use the idle core. A session with more threads for every
 bulk batch can, but when both workers are busy it only makes them fight over the cores (84 ->
 69 requests/s at c=2 with the connections split evenly, `python -m bench.ab_http` against
-that variant, not kept). So a worker uses the wider session only while every other worker has nothing in
-progress, checked before each ORT call of a batch (CIFAR2_CPU_CHUNK images, ~1.3 ms), so it
-gives the cores back within one call once a neighbour gets work.
+that variant, not kept). So a worker borrows only while every other worker has nothing in
+progress, checked before each ORT call of a batch (CIFAR2_CPU_CHUNK images, ~1 ms), and gives
+the cores back within one call once a neighbour gets work. It borrows them as more lanes, more
+calls of the batch at once on its own share of threads (service/runtime.py), not as more
+threads in one call: two single-thread calls at once ran 116-118k images/s in-process on 2
+cores, one call on two threads 92-95k.
 
 The file is /dev/shm/cifar2-workers-<pid of the server process> (the workers' parent), with
 CIFAR2_WORKERS bytes. A worker that dies busy leaves its byte set until its replacement starts:

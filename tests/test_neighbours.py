@@ -95,17 +95,18 @@ def test_a_lone_bulk_request_borrows_the_idle_core_and_answers_the_same(two_work
     assert board.stat().st_size == 2  # one byte per worker, named by the server's process
     x = np.random.default_rng(7).integers(0, 256, (200, 3, 32, 32), dtype=np.uint8)
     before = client.get("/info").json()["models"]["convnet"]
-    # Its share of 2 cores is 1 thread (the model's own session); borrowing, 2 (a second one).
+    # Its share of 2 cores is 1 thread (the model's own session); borrowing, a second lane.
     assert before["bulk_threads"] == {"own_share": 1, "borrowing_idle_cores": 2}
-    assert before["sessions"] == 2
+    assert before["bulk_lanes"] == 2 and before["sessions"] == 1
     # One client, one request at a time: the other worker is idle, and the keep-alive
     # connection brings /info back to the worker that served the request.
     r = client.post("/predict", content=npy(x), headers={"Content-Type": "application/x-npy"})
     assert r.status_code == 200, r.text
     after = client.get("/info").json()["models"]["convnet"]
-    borrowed = (after["bulk_calls"]["borrowing_idle_cores"]
-                - before["bulk_calls"]["borrowing_idle_cores"])
-    assert borrowed >= 200 // 16, (before, after)  # calls of 16 images, the cores borrowed
+    own, borrowed = (after["bulk_calls"][k] - before["bulk_calls"][k]
+                     for k in ("own_share", "borrowing_idle_cores"))
+    # 13 calls of up to 16 images, each made once, on the two lanes in turn
+    assert own + borrowed == -(-200 // 16) and borrowed >= 3, (before, after)
     name, version = after["tag"].split(":")
     sess, _ = open_session(store / "models" / name / version / "model.onnx", "cpu")
     np.testing.assert_allclose(np.array(r.json()), run_session(sess, x)[1], atol=1e-6)
