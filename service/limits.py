@@ -31,9 +31,10 @@ PROBES = ("/livez", "/readyz", "/healthz", "/metrics", "/info", "/v2/health")
 
 
 class RequestLimits:
-    """The limits of one worker. ``refusal``, ``started``, ``with_retry_after`` and
-    ``finished`` are its plain calls: the request layer (service/routes.py) makes them for the
-    routes it answers, and this class's ASGI middleware makes them around every other request."""
+    """The limits of one worker. ``covers``, ``refusal``, ``too_large``, ``started``,
+    ``with_retry_after``, ``answered`` and ``finished`` are its plain calls: the request layer
+    (service/routes.py) makes them for the routes it answers, and this class's ASGI middleware
+    makes them around every other request."""
 
     def __init__(self, app, max_body_bytes: int, max_in_flight: int, max_wait_s: float = 0,
                  retry_after_s: int = 1):
@@ -82,7 +83,7 @@ class RequestLimits:
 
     def started(self) -> float:
         """The request's body is in: it is work in progress from now. Returns the time, for
-        ``finished``. A slow upload is not work yet, so 200 clients trickling bodies at a byte
+        ``answered``. A slow upload is not work yet, so 200 clients trickling bodies at a byte
         a second do not fill ``max_in_flight``."""
         self.in_flight += 1
         if self.in_flight == 1:

@@ -16,8 +16,8 @@ that variant, not kept). So a worker borrows only while every other worker has n
 progress, checked before each ORT call of a batch (CIFAR2_CPU_CHUNK images, ~1 ms), and gives
 the cores back within one call once a neighbour gets work. It borrows them as more lanes, more
 calls of the batch at once on its own share of threads (service/runtime.py), not as more
-threads in one call: two single-thread calls at once ran 116-118k images/s in-process on 2
-cores, one call on two threads 92-95k.
+threads in one call: two single-thread calls at once ran 107,650 images/s in-process on 2
+cores, one call on two threads 88,210 (`python -m bench.bulk_lanes`).
 
 The file is /dev/shm/cifar2-workers-<pid of the server process> (the workers' parent), with
 CIFAR2_WORKERS bytes. A worker that dies busy leaves its byte set until its replacement starts:

@@ -192,9 +192,9 @@ class ServedModel:
         # thread, not spinning, so a neighbour that gets work has its cores back at once. While
         # every other worker is idle they borrow the rest, as more lanes: more ORT calls of the
         # batch at once, each on that session (service/neighbours.py). A second call in
-        # parallel beats one call on twice the threads: 116-118k against 92-95k images/s
-        # in-process on 2 cores, calls of 64 images (`python -m bench.bench_http` states the
-        # first as its bound). The event loop's small batches keep the model's session.
+        # parallel beats one call on twice the threads: 107,650 against 88,210 images/s
+        # in-process on 2 cores, calls of 64 images (`python -m bench.bulk_lanes`). The event
+        # loop's small batches keep the model's session.
         self.share_threads, borrow_threads = bulk_threads(self.provider)
         self.share_session = (open_serving_session(path, device, self.share_threads,
                                                    spin=False)[0]
