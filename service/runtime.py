@@ -224,26 +224,33 @@ class ServedModel:
         out: list = [None] * len(parts)
         todo = iter(range(len(parts)))  # shared by the lanes: taking the next is atomic
 
-        def lane(borrowed: int) -> None:
+        def lane() -> int:
+            calls = 0
             for i in todo:
                 out[i] = self._call(parts[i], self.share_session)
-                self.bulk_calls[borrowed] += 1
-                if borrowed and neighbours().others_busy():
-                    return
+                calls += 1
+                if neighbours().others_busy():
+                    break
+            return calls
 
-        helpers: list = []
+        lent: list = []  # every borrowed lane started, for its result
+        running: list = []
+        own = 0
         try:
             for i in todo:
                 if self.lane_pool is not None and not neighbours().others_busy():
-                    helpers = [h for h in helpers if not h.done()]
-                    helpers += [self.lane_pool.submit(lane, 1)
-                                for _ in range(self.lanes - 1 - len(helpers))]
+                    running = [h for h in running if not h.done()]
+                    more = [self.lane_pool.submit(lane)
+                            for _ in range(self.lanes - 1 - len(running))]
+                    running += more
+                    lent += more
                 out[i] = self._call(parts[i], self.share_session)
-                self.bulk_calls[0] += 1
+                own += 1
         finally:
-            wait(helpers)
-        for h in helpers:
-            h.result()  # a lane's failure fails the batch, as this lane's would
+            wait(lent)
+            self.bulk_calls[0] += own
+        # A borrowed lane's failure fails the batch, as this lane's would.
+        self.bulk_calls[1] += sum(h.result() for h in lent)
         return out
 
     def _call(self, images: np.ndarray, session=None) -> tuple[np.ndarray, np.ndarray]:

@@ -76,6 +76,48 @@ def test_a_bulk_batch_uses_its_share_of_the_cores_or_all_of_them(monkeypatch, bu
     assert bulk_threads("CUDAExecutionProvider") == (0, 0)  # a CUDA call mostly waits
 
 
+def lanes_model(monkeypatch, call):
+    """A ServedModel's bulk-call machinery alone: two lanes, every neighbour idle, ``call`` as
+    its ORT call."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service import runtime
+
+    monkeypatch.setattr(runtime, "neighbours",
+                        lambda: type("Idle", (), {"others_busy": lambda self: False})())
+    model = object.__new__(runtime.ServedModel)
+    model.share_session, model.lanes, model.bulk_calls = None, 2, [0, 0]
+    model.lane_pool = ThreadPoolExecutor(1, thread_name_prefix="test-lane")
+    model._call = call
+    return model
+
+
+def test_bulk_lanes_make_each_call_once_and_a_lane_failure_fails_the_batch(monkeypatch):
+    import threading
+    import time
+
+    parts = [np.full((1, 3, 32, 32), i, np.uint8) for i in range(8)]
+
+    def call(images, session, fail_on=None):
+        if threading.current_thread().name.startswith("test-lane"):
+            if images[0, 0, 0, 0] == fail_on:
+                raise ValueError(f"part {fail_on} failed")
+        else:
+            time.sleep(0.05)  # the own lane is slow: the borrowed one runs ahead
+        return images[:, 0, 0, :1].astype(np.float32), None
+
+    model = lanes_model(monkeypatch, call)
+    out = model._bulk_calls(parts)
+    assert [int(o[0][0, 0]) for o in out] == list(range(8))  # every part, in order
+    assert sum(model.bulk_calls) == 8 and model.bulk_calls[1] > 0
+
+    # The borrowed lane fails on part 3 and ends before the own lane looks again; its error
+    # must still reach the batch, not leave a hole in the outputs.
+    model = lanes_model(monkeypatch, lambda images, session: call(images, session, fail_on=3))
+    with pytest.raises(ValueError, match="part 3 failed"):
+        model._bulk_calls(parts)
+
+
 def test_usable_cores_is_within_what_the_machine_has():
     assert 1 <= usable_cores() <= (os.cpu_count() or 1)
 
