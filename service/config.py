@@ -71,10 +71,11 @@ CPU_CHUNK = _int("CIFAR2_CPU_CHUNK", 64)
 # Batches of up to this many images run on the event loop itself, bigger ones in a thread
 # (service/batcher.py); 0 = every model call in a thread.
 INLINE_MAX = _int("CIFAR2_INLINE_MAX", 32)
-# ORT threads of a batch bigger than CIFAR2_INLINE_MAX on the CPU provider while every other
-# worker is idle, and 1/CIFAR2_WORKERS of them while not: a client's connections can all land
-# on one worker, which then borrows the idle cores (service/neighbours.py, service/runtime.py
-# bulk_threads). 0 (default) = the CPUs the process may use; 1 = one thread, never borrow.
+# Cores a batch bigger than CIFAR2_INLINE_MAX may use on the CPU provider: 1/CIFAR2_WORKERS of
+# them while any other worker has requests in progress, all of them, as more lanes of ORT calls,
+# while every other worker is idle: a client's connections can all land on one worker, which
+# then borrows the idle cores (service/neighbours.py, service/runtime.py bulk_threads).
+# 0 (default) = the CPUs the process may use; 1 = one thread, never borrow.
 BULK_THREADS = _int("CIFAR2_BULK_THREADS", 0)
 # Model calls in flight at once per worker and model (natural batching, service/batcher.py).
 BATCH_CONCURRENCY = _int("CIFAR2_BATCH_CONCURRENCY", 2)

@@ -8,6 +8,9 @@ workers whose bulk answers are the model's whether the cores were borrowed or no
 from __future__ import annotations
 
 import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -22,7 +25,7 @@ from test_service_http import (  # noqa: F401 (store is a fixture)
 )
 
 from export.runtime import open_session, run_session
-from service import config
+from service import config, runtime
 from service import neighbours as neighbours_module
 from service.neighbours import PREFIX, Neighbours, board_folder
 from service.runtime import bulk_threads, usable_cores
@@ -79,10 +82,6 @@ def test_a_bulk_batch_uses_its_share_of_the_cores_or_all_of_them(monkeypatch, bu
 def lanes_model(monkeypatch, call):
     """A ServedModel's bulk-call machinery alone: two lanes, every neighbour idle, ``call`` as
     its ORT call."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from service import runtime
-
     monkeypatch.setattr(runtime, "neighbours",
                         lambda: type("Idle", (), {"others_busy": lambda self: False})())
     model = object.__new__(runtime.ServedModel)
@@ -93,9 +92,6 @@ def lanes_model(monkeypatch, call):
 
 
 def test_bulk_lanes_make_each_call_once_and_a_lane_failure_fails_the_batch(monkeypatch):
-    import threading
-    import time
-
     parts = [np.full((1, 3, 32, 32), i, np.uint8) for i in range(8)]
 
     def call(images, session, fail_on=None):
