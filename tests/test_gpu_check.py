@@ -281,3 +281,28 @@ def test_a_batch_above_every_cuda_graph_bucket_is_not_timed_in_the_largest():
     assert graph_buckets([1, 3, 1024, 32768], [1, 4, 1024]) == ({1: [1], 4: [3], 1024: [1024]},
                                                                 [32768])
     assert graph_buckets([1, 16], [4**i for i in range(9)]) == ({1: [1], 16: [16]}, [])
+
+
+def test_ab_http_runs_each_arm_in_turn_and_prints_the_medians(bundle, tmp_path):
+    """bench/gpu/ab_http.py (the same-machine before/after of docs/gpu.md) on the CPU provider:
+    both arms are this checkout, one round, short cells; each arm's service answers every cell."""
+    path, _ = bundle
+    out = tmp_path / "ab.json"
+    done = subprocess.run([sys.executable, "-m", "bench.gpu.ab_http", f"a:@{ROOT}", f"b:@{ROOT}",
+                           "--device", "cpu", "--seconds", "0.5", "--rounds", "1", "--bundle",
+                           str(path), "--out", str(out)], check=False, cwd=ROOT,
+                          env=server_env(tmp_path / "home"), capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["arm"], r["round"]) for r in runs] == [("a", 1), ("b", 1)]
+    for r in runs:
+        assert [c["cell"] for c in r["cells"]] == [
+            "/predict .npy 1 image c=32", "V2 binary 1 image c=32",
+            "/predict .npy 1024 images c=4", "/predict .npy 4096 images c=4"]
+        assert all(c["status"] == "measured" and c["images_per_s"] > 0 for c in r["cells"]), r
+    table = done.stdout.split("medians over 1 round(s)")[1]
+    assert "| cell | a | b |" in table and table.count("\n| /predict .npy") == 3
+    bad = subprocess.run([sys.executable, "-m", "bench.gpu.ab_http", f"a:{ROOT}"], check=False,
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "an arm is NAME:@PATH" in bad.stderr
