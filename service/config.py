@@ -83,8 +83,8 @@ BATCH_CONCURRENCY = _int("CIFAR2_BATCH_CONCURRENCY", 2)
 REQUEST_TIMEOUT_S = _int("CIFAR2_REQUEST_TIMEOUT_S", 60) or 60
 
 MAX_BODY_BYTES = _int("CIFAR2_MAX_BODY_MB", 16) * 1024 * 1024
-# Seconds from a request body's first bytes to its last on the request layer's routes; a slower
-# body gets 408 and its connection closed (16 MiB in 30 s is ~0.5 MB/s).
+# Seconds from a request body's first bytes to its last, on every path (service/bodies.py); a
+# slower body gets 408 and its connection closed (16 MiB in 30 s is ~0.5 MB/s).
 BODY_TIMEOUT_S = _int("CIFAR2_BODY_TIMEOUT_S", 30) or 30
 MAX_IMAGES = _int("CIFAR2_MAX_IMAGES", 1024)
 # Requests in progress per worker (bodies in, not yet answered) before new ones get 503 +

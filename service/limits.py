@@ -1,7 +1,8 @@
 """Request limits BentoML 1.4 does not have: a body-size cap (413) and load shedding (503).
 
 The checks run before anything parses the body:
-- Content-Length above the cap -> 413 at once; a chunked body is counted as it is buffered.
+- Content-Length above the cap -> 413 at once; a chunked body is counted as it comes in.
+  Every body is read by service/bodies.py, which also times it: 408 for one that trickles.
 - A worker that is behind (service/sojourn.py: even its quickest recent requests waited longer
   than ``max_wait_s`` between their last body byte and their reply) -> 503 with Retry-After,
   before the body is read or decoded: turning a request away costs a fraction of serving it, so
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from time import monotonic as now
 
-from service import metrics
+from service import bodies, metrics
 from service.neighbours import neighbours
 from service.replies import Headers, Reply
 from service.sojourn import Sojourn
@@ -115,31 +116,20 @@ class RequestLimits:
         refused = self.refusal(scope)
         if refused is not None:
             return await refused.send(send)
-        if _content_length(scope) is None and scope["method"] in ("POST", "PUT", "PATCH"):
-            body = await self._buffer(receive)
-            if body is None:
-                return await self.too_large(None).send(send)
-            receive = _replay(body)
+        if scope["method"] in ("POST", "PUT", "PATCH"):  # read here: capped and timed
+            body, refused = await bodies.read_or_refusal(receive, self.max_body_bytes,
+                                                         lambda: self.too_large(None))
+            if refused is not None:
+                return await refused.send(send)
+            if body is None:  # the client left before sending it all
+                return None
+            receive = _replay(body, receive)
         exchange = _Exchange(self, receive, send)
         try:
             await self.app(scope, exchange.receive, exchange.send)
         finally:
             if exchange.body_done is not None:
                 self.finished()
-
-    async def _buffer(self, receive) -> bytes | None:
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_body_bytes:
-                return None
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
 
 
 class _Exchange:
@@ -180,13 +170,15 @@ def _content_length(scope) -> int | None:
     return None
 
 
-def _replay(body: bytes):
+def _replay(body: bytes, receive):
+    """``receive`` with the body already read given back in one message; after it, the
+    connection's own receive again (it waits for the client to leave, as an app expects)."""
     sent = False
 
-    async def receive():
+    async def replay():
         nonlocal sent
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
-    return receive
+        return await receive()
+    return replay

@@ -25,7 +25,6 @@ Its requests are counted in /metrics as cifar2_request_* (service/metrics.py).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -35,7 +34,7 @@ from urllib.parse import parse_qsl
 import orjson
 from bentoml import get_current_service
 
-from service import config, drain, inference, info, metrics, requestlog, v2
+from service import bodies, config, drain, inference, info, metrics, requestlog, v2
 from service.errors import BadInput
 from service.limits import RequestLimits
 from service.multipart import Form, boundary_of, parse_form
@@ -241,7 +240,9 @@ class RequestLayer:
                 reply = ((limits and limits.refusal(scope)) or info.not_ready(scope)
                          or drain.refusal(scope))
             if reply is None:
-                body, reply = await _read(receive, limits)
+                cap = limits.max_body_bytes if limits is not None else None
+                body, reply = await bodies.read_or_refusal(receive, cap,
+                                                           lambda: limits.too_large(None))
                 if body is None and reply is None:  # the client left before sending it all
                     requestlog.client_left(scope, rid)
                     return None
@@ -314,66 +315,6 @@ def _method_not_allowed(allowed: str):
         return Reply.error(405, f"use {allowed} {request.scope['path']}",
                            [(b"allow", allowed.encode())])
     return handler
-
-
-async def _read(receive, limits: RequestLimits | None) -> tuple[bytes | None, Reply | None]:
-    """(body, None), or (None, the reply refusing it), or (None, None) if the client left."""
-    try:
-        return await _read_body(receive, config.BODY_TIMEOUT_S,
-                                limits.max_body_bytes if limits is not None else None), None
-    except _TooLarge:
-        return None, limits.too_large(None)
-    except BadInput as e:  # too slow: answer, and close the connection it holds
-        return None, Reply.json(e.body(), e.status, [(b"connection", b"close")])
-
-
-class _TooLarge(Exception):
-    """A body that came in pieces grew past the cap (one with Content-Length was refused
-    before it was read)."""
-
-
-async def _read_body(receive, timeout_s: float, max_bytes: int | None) -> bytes | None:
-    """The whole body, or None if the client left first; _TooLarge past ``max_bytes``
-    (None: no cap). A body still incomplete
-    ``timeout_s`` after its first bytes is a BadInput (408): a client trickling a body would
-    otherwise hold its connection, and a SIGTERM drain waiting on it, for as long as it likes.
-    The timer exists only for bodies that come in several pieces; one-piece bodies (every small
-    request) pay nothing."""
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        return None
-    chunks = [message.get("body", b"")]
-    size = len(chunks[0])
-    if max_bytes is not None and size > max_bytes:
-        raise _TooLarge
-    if not message.get("more_body", False):
-        return chunks[0]
-    task, expired = asyncio.current_task(), []
-
-    def expire():
-        expired.append(True)
-        task.cancel()
-    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
-    try:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if max_bytes is not None and size > max_bytes:
-                raise _TooLarge
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-    except asyncio.CancelledError:
-        if not expired:
-            raise
-        task.uncancel()  # the cancellation was ours, and it is handled here
-        raise BadInput(f"the request body was not complete {timeout_s:g} s after it began "
-                       "(CIFAR2_BODY_TIMEOUT_S); send it faster or in smaller requests",
-                       status=408) from None
-    finally:
-        timer.cancel()
 
 
 def _decompressed(body: bytes, scope) -> bytes:

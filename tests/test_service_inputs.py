@@ -173,6 +173,54 @@ def test_body_limit_by_content_length_and_by_chunked_stream():
     assert chunked.status_code == 413 and "limit is 1000 bytes" in chunked.json()["error"]
 
 
+def test_the_middleware_reads_a_chunked_body_like_the_request_layer(monkeypatch):
+    """Paths behind the limits middleware read a body with the request layer's reader
+    (service/bodies.py): one that trickles past CIFAR2_BODY_TIMEOUT_S gets 408 and
+    Connection: close, chunked or with Content-Length; one whose client leaves halfway never
+    reaches the app; one sent in pieces in time reaches it whole, and the app's next receive
+    is the connection's own (it waits for the client to leave, it does not say it left)."""
+    monkeypatch.setattr(routes.config, "BODY_TIMEOUT_S", 0.2)
+    reached, after = [], []
+
+    async def app(scope, receive, send):
+        reached.append((await receive())["body"])
+        after.append(asyncio.ensure_future(receive()))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def call(pieces: list[bytes], then: str, length: int | None = None):
+        sent, queue = [], list(pieces)
+
+        async def receive():
+            if queue:
+                return {"type": "http.request", "body": queue.pop(0),
+                        "more_body": bool(queue) or then != "end"}
+            if then == "leave":
+                return {"type": "http.disconnect"}
+            await asyncio.Event().wait()  # the client never sends the rest
+
+        async def send(message):
+            sent.append(message)
+
+        headers = [] if length is None else [(b"content-length", str(length).encode())]
+        scope = {"type": "http", "method": "POST", "path": "/echo", "headers": headers}
+        limits = RequestLimits(app, max_body_bytes=1000, max_in_flight=10)
+        await asyncio.wait_for(limits(scope, receive, send), 5)
+        if after:  # still waiting on the client: the app was not told it left
+            await asyncio.sleep(0.01)
+            assert not after[-1].done()
+            after[-1].cancel()
+        return sent
+
+    for length in (None, 6):
+        stalled = asyncio.run(call([b"ab"], "stall", length))
+        assert stalled[0]["status"] == 408 and (b"connection", b"close") in stalled[0]["headers"]
+        assert "CIFAR2_BODY_TIMEOUT_S" in json.loads(stalled[1]["body"])["error"]
+    assert asyncio.run(call([b"ab"], "leave")) == [] and reached == []
+    assert asyncio.run(call([b"ab", b"cd", b"ef"], "end"))[0]["status"] == 200
+    assert reached == [b"abcdef"]
+
+
 def test_overload_gets_503_with_retry_after_and_recovers():
     async def run():
         gate = asyncio.Event()
