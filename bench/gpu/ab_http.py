@@ -48,19 +48,25 @@ def parse_args(argv):
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--seconds", type=float, default=5.0, help="seconds of load per cell")
+    p.add_argument("--workers", type=int, help="CIFAR2_WORKERS of both arms (default: the "
+                                               "service's); 1 takes how the connections fall "
+                                               "on the workers out of the comparison")
+    p.add_argument("--bulk-only", action="store_true", help="only the bulk cells")
     p.add_argument("--out", type=Path, help="write every round's cells to this JSON file")
     p.add_argument("--one", nargs=2, metavar=("DEVICE", "JSON"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
-def run_one(bundle: Path, device: str, seconds: float, out: Path) -> None:
+def run_one(bundle: Path, device: str, seconds: float, out: Path, workers: int | None,
+            bulk_only: bool) -> None:
     """One arm, one round, in the checkout this process runs in (its cwd is on sys.path)."""
     from bench.gpu.http_runs import make_store, plan, serve_and_load
     spec = json.loads((bundle / "bundle.json").read_text())
     with tempfile.TemporaryDirectory(prefix="gpu_ab_") as tmp:
         make_store(bundle, Path(tmp) / "store")
-        result = serve_and_load(device, bundle, spec["served"], plan([32], BULK, 4), seconds,
-                                Path(tmp), None)
+        cells = plan([] if bulk_only else [32], BULK, 4)
+        result = serve_and_load(device, bundle, spec["served"], cells, seconds, Path(tmp),
+                                workers)
     out.write_text(json.dumps(result, default=str))
 
 
@@ -78,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     bundle = args.bundle.resolve()
     if args.one:
-        run_one(bundle, args.one[0], args.seconds, Path(args.one[1]))
+        run_one(bundle, args.one[0], args.seconds, Path(args.one[1]), args.workers,
+                args.bulk_only)
         return 0
     if not (bundle / "bundle.json").is_file():
         print(f"error: no bundle at {args.bundle}/: `make gpu-bundle` makes one", file=sys.stderr)
@@ -97,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                 env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), *inherited])}
                 done = subprocess.run([sys.executable, str(HERE), f"{name}:@{tree}",
                                        "--bundle", str(bundle), "--seconds", str(args.seconds),
-                                       "--one", args.device, str(out)],
+                                       "--one", args.device, str(out),
+                                       *(["--workers", str(args.workers)] if args.workers else []),
+                                       *(["--bulk-only"] if args.bulk_only else [])],
                                       check=False, cwd=tree, env=env)
                 result = json.loads(out.read_text()) if out.is_file() else {
                     "status": f"failed: exit {done.returncode}"}
@@ -108,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                           f" img/s  p99 {c.get('p99_ms') or 0:6.1f} ms  server "
                           f"{c.get('server_ms') or 0:6.2f} ms  model {c.get('model_ms') or 0:5.2f}"
                           f" ms  {c['status']}", flush=True)
-    print(f"\nmedians over {args.rounds} round(s), device {args.device}, {args.seconds:g} s a cell")
+    print(f"\nmedians over {args.rounds} round(s), device {args.device}, {args.seconds:g} s a "
+          f"cell, workers {args.workers or 'as configured'}")
     names = [name for name, _ in args.arms]
     print(f"| cell | {' | '.join(names)} |\n| --- |{' ---: |' * len(names)}")
     for label in dict.fromkeys(c["cell"] for r in runs for c in r["cells"]):
@@ -120,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label} | {' | '.join(medians)} |")
     if args.out:
         args.out.write_text(json.dumps({"device": args.device, "seconds": args.seconds,
-                                        "runs": runs}, indent=1) + "\n")
+                                        "workers": args.workers, "runs": runs}, indent=1) + "\n")
     return 0
 
 
