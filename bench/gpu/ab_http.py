@@ -2,6 +2,7 @@
 
     python -m bench.gpu.ab_http old:@../old-checkout new:@. --rounds 4        # on the GPU machine
     python -m bench.gpu.ab_http a:@. b:@. --device cpu --seconds 1 --rounds 1  # anywhere
+    python -m bench.gpu.ab_http old:@../old new:@. --rounds 3 --workers 1 --bulk-only
 
 Between two GPU runs on different days the same cell moves by 20% or more (another VM, another
 host CPU), so a before/after of the service code is only worth something when both run on the
