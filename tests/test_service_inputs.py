@@ -173,7 +173,7 @@ def test_body_limit_by_content_length_and_by_chunked_stream():
     assert chunked.status_code == 413 and "limit is 1000 bytes" in chunked.json()["error"]
 
 
-def test_the_middleware_reads_a_chunked_body_like_the_request_layer(monkeypatch):
+def test_the_middleware_reads_a_body_like_the_request_layer(monkeypatch):
     """Paths behind the limits middleware read a body with the request layer's reader
     (service/bodies.py): one that trickles past CIFAR2_BODY_TIMEOUT_S gets 408 and
     Connection: close, chunked or with Content-Length; one whose client leaves halfway never
