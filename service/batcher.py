@@ -80,13 +80,17 @@ class MicroBatcher:
         # model calls in threads at once (one a core can run without sharing; a GPU runs more)
         self.thread_calls = max(1, thread_calls)
         self.thread_turn = asyncio.Semaphore(self.thread_calls)
+        self.parallel_calls = min(self.concurrency, self.thread_calls)
         self.batch_sizes: collections.Counter = collections.Counter()  # requests per ORT call
         self.queued_images = 0  # waiting or running
         self.ms_per_image = 0.0  # moving average over model calls; 0 until the first one
 
     def expected_wait_ms(self, images: int = 0) -> float:
-        """How long ``images`` more would wait for their model call, at the recent speed."""
-        return (self.queued_images + images) * self.ms_per_image / self.concurrency
+        """How long ``images`` more would wait for their model call, at the recent speed.
+        The queued work goes through as many calls at once as may run in threads: work big
+        enough to queue up is big batches, and on the CPU those take turns (``thread_calls``
+        1); dividing by ``concurrency`` (2) would let them wait up to twice the budget."""
+        return (self.queued_images + images) * self.ms_per_image / self.parallel_calls
 
     async def __call__(self, images: np.ndarray) -> Ran:
         """The model's outputs for ``images`` and the figures of the call they rode in.
