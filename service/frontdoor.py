@@ -3,8 +3,8 @@
     RequestLayer    every inference route and encoding, V2 (service/routes.py); its routes
                     go no further, and get the checks below as plain calls, in one lane
     RequestLog      request ids, one log line per error reply (service/requestlog.py)
+    ReadyGate       503 until the models are loaded (service/info.py), before a body is read
     RequestLimits   413 body cap, 503 load shedding before the body is read (service/limits.py)
-    ReadyGate       503 until the models are loaded (service/info.py)
     Drain           SIGTERM: readiness false, lame duck, finish in-flight (service/drain.py)
     KnownPaths      JSON 404 for paths nobody serves (service/knownpaths.py)
     BentoML's app   metrics, tracing, timeout, /info, /ui, probes, the @bentoml.api methods
@@ -43,11 +43,13 @@ def wrap(app, checks: bool = True):
     out everything but the request layer: bench/asgi_path.py measures what the checks cost."""
     if not checks:
         return RequestLayer(app, fast_routes=config.FAST_PATH)
-    limits = RequestLimits(ReadyGate(drain.Drain(knownpaths.KnownPaths(app))),
+    limits = RequestLimits(drain.Drain(knownpaths.KnownPaths(app)),
                            max_body_bytes=config.MAX_BODY_BYTES,
                            max_in_flight=config.MAX_IN_FLIGHT,
                            max_wait_s=config.MAX_QUEUE_MS / 1000)
-    log = RequestLog(limits)
+    # The gate before the limits: they read a POST's body (capped and timed), and a server
+    # that is not ready refuses it without reading up to CIFAR2_MAX_BODY_MB first.
+    log = RequestLog(ReadyGate(limits))
     return RequestLayer(log, fast_routes=config.FAST_PATH, log=log, limits=limits)
 
 

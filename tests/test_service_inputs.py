@@ -391,10 +391,36 @@ def test_front_door_puts_request_layer_then_checks_before_bentoml():
     while type(app).__module__.startswith("service."):
         chain.append(type(app).__name__)
         app = app.app
-    assert chain == ["RequestLayer", "RequestLog", "RequestLimits", "ReadyGate", "Drain",
+    assert chain == ["RequestLayer", "RequestLog", "ReadyGate", "RequestLimits", "Drain",
                      "KnownPaths"]
-    assert front.log is front.app and front.limits is front.app.app
+    assert front.log is front.app and front.limits is front.app.app.app
     assert isinstance(app, Starlette)  # BentoML's app, with its own middlewares, comes next
+
+
+def test_a_server_not_ready_refuses_a_post_without_reading_its_body(monkeypatch):
+    """On every other path too (here one BentoML would answer), a POST to a server whose
+    models are not loaded gets 503 at once: its body, which never comes, is not waited for."""
+    from service import info
+    from service.frontdoor import wrap
+
+    monkeypatch.setattr(info, "get_current_service", lambda: None)  # no models loaded yet
+
+    async def call():
+        sent = []
+
+        async def receive():
+            await asyncio.Event().wait()  # the body never comes
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/some/bentoml/route",
+                 "query_string": b"", "headers": [(b"content-length", b"1000")]}
+        await asyncio.wait_for(wrap(None)(scope, receive, send), 2)
+        return sent
+
+    start, body = asyncio.run(call())
+    assert start["status"] == 503 and b"not ready" in body["body"]
 
 
 def test_admission_by_expected_queueing_delay_lets_small_requests_in():
