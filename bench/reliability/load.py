@@ -199,9 +199,9 @@ async def open_loop(host: str, port: int, mix, rate: float, seconds: float,
             sent = due
             if now - frozen >= 1.0:
                 # Every request's task and result stays until the end (650,000 in a soak),
-                # and each full collection walks them all: it stopped this client for 0.4 s
-                # and more late in a run, and its requests went out late, which the latency
-                # (from the due time) charged to the server. Frozen, collections skip them.
+                # and each full collection walks them all: ever longer pauses of this client
+                # late in a run, whose requests then went out late, which the latency (from
+                # the due time) charged to the server. Frozen, collections skip them.
                 gc.freeze()
                 frozen = now
             await asyncio.sleep(max(0.0, start + sent / rate - (time.perf_counter() - t0)))
