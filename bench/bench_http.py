@@ -266,9 +266,8 @@ def main() -> None:
                             results.append(summarize(f"one-write ceiling ({mode})", body, data,
                                                      c, ceil1))
                         results.append(summarize(mode, body, data, c, reps))
-                        if edges:  # each run's bound: the mean of the two around it
-                            results[-1]["bound_images_per_s"] = statistics.median(
-                                (a + b) / 2 for a, b in itertools.pairwise(edges))
+                        if edges:
+                            results[-1]["bound_images_per_s"] = paired_bound(edges)
             finally:
                 stop(proc)
     finally:
@@ -378,6 +377,12 @@ def _run_once(coro_fn) -> None:
     except StopIteration:
         return
     raise RuntimeError("the decoder awaited something; time it with an event loop")
+
+
+def paired_bound(edges: list[float]) -> float:
+    """A bulk cell's bound from ``edges``, the bound measured before its first run and after
+    each run: the median over the runs of the mean of the two around each."""
+    return statistics.median((a + b) / 2 for a, b in itertools.pairwise(edges))
 
 
 def ort_images_per_s(chunk: int, seconds: float = 3.0, threads: int = 2) -> float:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bench.bench_http import LUA, ROUTES, bodies, ort_images_per_s, start, stop, wrk
+from bench.bench_http import LUA, ROUTES, bodies, ort_images_per_s, paired_bound, start, stop, wrk
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,15 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         wrk(url + ROUTES["npy1024"], body, 2, 2, lua)  # warm-up
         bar = tqdm(total=len(args.concurrency) * args.repeat, desc="wrk runs", unit="run")
         for c in args.concurrency:
-            runs, bounds, before = [], [], bound()
+            runs, edges = [], [bound()]
             for _ in range(args.repeat):
                 runs.append(wrk(url + ROUTES["npy1024"], body, c, args.duration, lua))
-                after = bound()
-                bounds.append((before + after) / 2)
-                before = after
+                edges.append(bound())
                 bar.update()
             got = statistics.median(r["rps"] * body[2] for r in runs)
-            rows.append((c, got, statistics.median(bounds),
+            rows.append((c, got, paired_bound(edges),
                          statistics.median(r["p99_ms"] for r in runs),
                          sum(r["errors"] for r in runs)))
         bar.close()
